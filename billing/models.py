@@ -1,0 +1,120 @@
+"""Payments (one per order, charged at most once) and the simulated gateway's own records."""
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from billing.events import PaymentBlocked, PaymentCaptured, PaymentDeclined
+from ordering.messaging.outbox import EventSourcedModel
+
+
+class PaymentStatus(models.TextChoices):
+    # Fraud approved; the charge is (or was) in flight at the gateway under `idempotency_key`.
+    CHARGING = "CHARGING", "Charging"
+    CAPTURED = "CAPTURED", "Captured"
+    DECLINED = "DECLINED", "Declined"
+    BLOCKED = "BLOCKED", "Blocked (fraud)"
+
+
+FINAL_PAYMENT_STATUSES = frozenset({PaymentStatus.CAPTURED, PaymentStatus.DECLINED, PaymentStatus.BLOCKED})
+
+
+class Payment(EventSourcedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # The order lives in the orders app; billing knows it only by id (from OrderCreated).
+    order_id = models.UUIDField(unique=True)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    buyer = models.CharField(max_length=254)
+    status = models.CharField(max_length=20, choices=PaymentStatus.choices, default=PaymentStatus.CHARGING)
+    # Sent with every charge attempt of this payment: the gateway charges a key at most once.
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    gateway_reference = models.CharField(max_length=100, blank=True)
+    outcome_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One captured payment per order, ever (order_id is unique too; this states intent
+            # and survives a future split of payments into attempts).
+            models.UniqueConstraint(
+                fields=["order_id"], condition=models.Q(status="CAPTURED"), name="payment_one_capture_per_order"
+            ),
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="payment_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.order_id}: {self.amount} {self.currency} {self.status}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_PAYMENT_STATUSES
+
+    @staticmethod
+    def idempotency_key_for(order_id: str) -> str:
+        return f"order-{order_id}"
+
+    def capture(self, *, gateway_reference: str) -> None:
+        self._require_charging()
+        self.status = PaymentStatus.CAPTURED
+        self.gateway_reference = gateway_reference
+        self.stage_event(
+            PaymentCaptured(
+                order_id=str(self.order_id),
+                payment_id=str(self.id),
+                amount=str(self.amount),
+                currency=self.currency,
+                gateway_reference=gateway_reference,
+            )
+        )
+
+    def decline(self, *, reason: str) -> None:
+        self._require_charging()
+        self.status = PaymentStatus.DECLINED
+        self.outcome_reason = reason
+        self.stage_event(PaymentDeclined(order_id=str(self.order_id), payment_id=str(self.id), reason=reason))
+
+    def block(self, *, reasons: list[str]) -> None:
+        self._require_charging()
+        self.status = PaymentStatus.BLOCKED
+        self.outcome_reason = ", ".join(reasons)
+        self.stage_event(PaymentBlocked(order_id=str(self.order_id), payment_id=str(self.id), reasons=reasons))
+
+    def _require_charging(self) -> None:
+        if self.status != PaymentStatus.CHARGING:
+            raise ValueError(f"payment {self.id} is {self.status}, not {PaymentStatus.CHARGING}")
+
+
+class SimulatedCharge(models.Model):
+    """The simulated gateway's ledger: what a real payment provider would store on its side."""
+
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    succeeded = models.BooleanField()
+    reference = models.CharField(max_length=100, unique=True)
+    decline_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.reference} {self.amount} {self.currency} {'ok' if self.succeeded else 'declined'}"
+
+
+class SimulatedGatewayOutage(models.Model):
+    """While now < until, the simulated gateway answers every charge with a transient error."""
+
+    until = models.DateTimeField()
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-until"]
+
+    def __str__(self) -> str:
+        return f"outage until {self.until:%Y-%m-%d %H:%M:%S}"

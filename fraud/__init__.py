@@ -1,0 +1,1 @@
+"""Fraud: decides whether an order may be charged, and records why."""

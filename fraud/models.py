@@ -1,0 +1,78 @@
+"""Fraud checks (one per order, immutable) and the buyer blocklist."""
+
+from decimal import Decimal
+
+from django.db import models
+from django.utils import timezone
+
+from fraud.events import FraudCheckCompleted
+from ordering.messaging.outbox import EventSourcedModel
+
+
+class FraudDecision(models.TextChoices):
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class FraudCheck(EventSourcedModel):
+    order_id = models.UUIDField(unique=True)
+    buyer = models.CharField(max_length=254)
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    order_created_at = models.DateTimeField()
+    decision = models.CharField(max_length=20, choices=FraudDecision.choices)
+    score = models.PositiveSmallIntegerField()
+    reasons = models.JSONField(default=list)
+    checked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [models.Index(fields=["buyer", "order_created_at"], name="fraud_velocity_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.order_id}: {self.decision}"
+
+    @property
+    def rejected(self) -> bool:
+        return self.decision == FraudDecision.REJECTED
+
+    @classmethod
+    def decide(
+        cls,
+        *,
+        order_id: str,
+        buyer: str,
+        amount: Decimal,
+        currency: str,
+        order_created_at,
+        reasons: list[str],
+        score: int,
+    ) -> "FraudCheck":
+        check = cls(
+            order_id=order_id,
+            buyer=buyer,
+            amount=amount,
+            currency=currency,
+            order_created_at=order_created_at,
+            decision=FraudDecision.REJECTED if reasons else FraudDecision.APPROVED,
+            score=score,
+            reasons=reasons,
+        )
+        check.stage_event(
+            FraudCheckCompleted(order_id=str(order_id), decision=check.decision, score=score, reasons=reasons)
+        )
+        return check
+
+
+class BlockedBuyer(models.Model):
+    """A buyer whose orders are always rejected; managed by operators in the admin."""
+
+    buyer = models.CharField(max_length=254, unique=True)
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["buyer"]
+
+    def __str__(self) -> str:
+        return self.buyer

@@ -1,0 +1,89 @@
+"""The consumer task: how one event message becomes one call of a domain service.
+
+A consumer task is an endpoint for a message: it parses the envelope, sets the correlation id,
+calls one handler, and leaves the retry / reject decision to the policy defined here:
+
+- transient errors (database unavailable, gateway outage or timeout, soft time limit) are
+  retried with capped exponential backoff and full jitter, a bounded number of times; the retry
+  waits in RabbitMQ (native delayed delivery), not in the worker;
+- anything else (malformed envelope, unknown version, invalid payload, a bug) fails at once;
+- a task that failed for good is rejected, so RabbitMQ dead-letters it to the queue's DLQ, and
+  django-celery-results records the exception and traceback (the dead letter's details).
+
+Handlers must be idempotent: they record the event id in the inbox in the transaction of their
+effect (ordering/messaging/inbox.py).
+"""
+
+import logging
+from collections.abc import Callable
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from ordering.messaging.context import handling_event
+from ordering.messaging.envelope import Envelope
+from ordering.messaging.errors import TransientError, UnknownEventVersion
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    TransientError,
+    SoftTimeLimitExceeded,
+)
+
+Handler = Callable[[Envelope], None]
+
+
+class EventConsumerTask(Task):
+    """Base class of every consumer task; the reliability settings are in settings.CELERY_*."""
+
+    acks_late = True
+    ignore_result = True
+
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        # Stored with a failure by django-celery-results (TaskResult.meta): the queue and the
+        # attempt a dead letter failed on.
+        delivery_info = self.request.delivery_info or {}
+        self.request.meta = {
+            "queue": delivery_info.get("routing_key"),
+            "retries": self.request.retries,
+        }
+
+
+def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
+    """Turn `handler(envelope)` into the consumer task `name` for events of `event_type`."""
+    messaging = settings.MESSAGING
+
+    def decorator(handler: Handler) -> Task:
+        def run(self: Task, envelope: dict) -> None:
+            parsed = Envelope.from_wire(envelope)
+            with handling_event(event_id=parsed.event_id, correlation_id=parsed.correlation_id):
+                if parsed.event_type != event_type:
+                    raise UnknownEventVersion(f"{name} handles {event_type}, got {parsed.event_type}")
+                logger.info(
+                    "%s: handling %s %s (attempt %d)",
+                    name,
+                    parsed.event_type,
+                    parsed.event_id,
+                    self.request.retries + 1,
+                )
+                handler(parsed)
+
+        run.__name__ = handler.__name__
+        run.__doc__ = handler.__doc__
+        return shared_task(
+            name=name,
+            bind=True,
+            base=EventConsumerTask,
+            autoretry_for=TRANSIENT_ERRORS,
+            max_retries=messaging["RETRY_MAX"],
+            retry_backoff=messaging["RETRY_BACKOFF_SECONDS"],
+            retry_backoff_max=messaging["RETRY_BACKOFF_MAX_SECONDS"],
+            retry_jitter=messaging["RETRY_JITTER"],
+        )(run)
+
+    return decorator

@@ -1,0 +1,88 @@
+"""The transactional outbox: models stage domain events, a signal writes them next to the change.
+
+Nothing here talks to RabbitMQ. The row commits or rolls back with the change that caused it;
+the relay (ordering/messaging/relay.py) publishes it afterwards.
+"""
+
+import logging
+from collections.abc import Iterable
+
+from django.db import connection, models
+from django.utils import timezone
+
+from ordering.messaging.context import current_causation_id, current_correlation_id
+from ordering.messaging.envelope import DomainEvent
+from ordering.messaging.models import OutboxEvent
+
+logger = logging.getLogger(__name__)
+
+# Channel the relay LISTENs on; NOTIFY inside a transaction is delivered at commit, so the
+# relay wakes exactly when there is something committed to publish.
+NOTIFY_CHANNEL = "ordering_outbox"
+
+
+class EventSourcedQuerySet(models.QuerySet):
+    """Bulk writes send no signals, so they would change state without events: refuse them."""
+
+    def update(self, **kwargs: object) -> int:
+        raise TypeError(f"{self.model.__name__} emits events: change it through save()")
+
+    def bulk_create(self, *args: object, **kwargs: object) -> list:
+        raise TypeError(f"{self.model.__name__} emits events: create it through save()")
+
+    def bulk_update(self, *args: object, **kwargs: object) -> int:
+        raise TypeError(f"{self.model.__name__} emits events: change it through save()")
+
+
+class EventSourcedModel(models.Model):
+    """A model whose state-transition methods stage domain events for the outbox.
+
+    The app's signals.py connects `write_staged_events` to post_save of each such model.
+    """
+
+    objects = EventSourcedQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def stage_event(self, event: DomainEvent) -> None:
+        self.__dict__.setdefault("_staged_events", []).append(event)
+
+    def pop_staged_events(self) -> list[DomainEvent]:
+        return self.__dict__.pop("_staged_events", [])
+
+
+def write_staged_events(sender: type, instance: EventSourcedModel, raw: bool = False, **kwargs) -> None:
+    """post_save receiver: move the instance's staged events into the outbox, same transaction."""
+    if raw:  # fixture loading: no domain change happened
+        return
+    events = instance.pop_staged_events()
+    if not events:
+        return
+    if not connection.in_atomic_block:
+        # Under autocommit the row is already committed: an outbox write now could be lost.
+        raise RuntimeError(f"{sender.__name__} emitting events must be saved inside transaction.atomic()")
+    outbox_record(events)
+
+
+def outbox_record(events: Iterable[DomainEvent]) -> list[OutboxEvent]:
+    """Write events to the outbox in the current transaction and wake the relay at commit."""
+    now = timezone.now()
+    rows = [
+        OutboxEvent(
+            event_type=event.event_type,
+            version=event.version,
+            aggregate_id=event.aggregate_id,
+            correlation_id=current_correlation_id(),
+            causation_id=current_causation_id(),
+            payload=event.to_payload(),
+            occurred_at=now,
+        )
+        for event in events
+    ]
+    OutboxEvent.objects.bulk_create(rows)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    for row in rows:
+        logger.info("outbox: recorded %s %s for %s", row.event_type, row.id, row.aggregate_id)
+    return rows

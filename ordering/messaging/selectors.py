@@ -1,0 +1,93 @@
+"""Reads over the messaging tables: event history of an order, dead-letter failure details."""
+
+import ast
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: datetime
+    what: str
+    detail: str
+
+
+def event_history(*, order_id: str) -> list[HistoryEntry]:
+    """Everything the messaging layer saw for an order: events written, published, consumed."""
+    entries: list[HistoryEntry] = []
+    for event in OutboxEvent.objects.filter(aggregate_id=order_id):
+        entries.append(HistoryEntry(event.occurred_at, f"recorded {event.event_type} v{event.version}", str(event.id)))
+        if event.published_at:
+            entries.append(HistoryEntry(event.published_at, f"published {event.event_type}", str(event.id)))
+    for processed in ProcessedEvent.objects.filter(aggregate_id=order_id):
+        entries.append(
+            HistoryEntry(
+                processed.processed_at, f"{processed.consumer} consumed {processed.event_type}", str(processed.event_id)
+            )
+        )
+    for failure in dead_letters_for_order(order_id):
+        entries.append(
+            HistoryEntry(
+                failure.date_done, f"{failure.task_name} failed for good (dead letter)", failure_summary(failure)
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.at)
+
+
+def dead_letters_for_order(order_id: str) -> list[DeadLetter]:
+    return list(DeadLetter.objects.filter(task_kwargs__contains=order_id))
+
+
+def failure_summary(failure: DeadLetter) -> str:
+    """'ExceptionType: message' of a stored task failure."""
+    try:
+        result = json.loads(failure.result or "{}")
+    except ValueError:
+        return failure.result or ""
+    if isinstance(result, dict):
+        return f"{result.get('exc_type', '?')}: {result.get('exc_message', '')}"
+    return str(result)
+
+
+def dead_letter_failure(task_id: str | None) -> str | None:
+    """The recorded failure of a dead-lettered task, with its attempt count, if one was stored."""
+    if not task_id:
+        return None
+    failure = DeadLetter.objects.filter(task_id=task_id).first()
+    if failure is None:
+        return None
+    return f"{failure_summary(failure)} (attempts: {failure_attempts(failure)})"
+
+
+def failure_attempts(failure: DeadLetter) -> int | None:
+    try:
+        meta = json.loads(failure.meta or "{}")
+    except ValueError:
+        return None
+    retries = meta.get("retries") if isinstance(meta, dict) else None
+    return retries + 1 if isinstance(retries, int) else None
+
+
+def dead_letter_resolved(failure: DeadLetter) -> bool:
+    """A dead letter is resolved once its consumer handled the event (after a replay)."""
+    event_id = dead_letter_event_id(failure)
+    return bool(event_id) and ProcessedEvent.objects.filter(consumer=failure.task_name, event_id=event_id).exists()
+
+
+def dead_letter_event_id(failure: DeadLetter) -> str | None:
+    return (dead_letter_envelope(failure) or {}).get("event_id")
+
+
+def dead_letter_envelope(failure: DeadLetter) -> dict | None:
+    """The envelope the failed task was called with, as stored with its failure."""
+    try:
+        kwargs = json.loads(failure.task_kwargs or "{}")
+        if isinstance(kwargs, str):  # stored as a repr string: parse that too
+            kwargs = ast.literal_eval(kwargs)
+        envelope = kwargs["envelope"]
+    except (ValueError, KeyError, TypeError, SyntaxError):
+        return None
+    return envelope if isinstance(envelope, dict) else None

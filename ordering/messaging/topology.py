@@ -1,0 +1,81 @@
+"""The RabbitMQ topology: exchanges, consumer queues, dead-letter exchange and queues.
+
+`task_queues()` is the one definition the producer (relay) and the workers share. Celery
+declares the consumer queues itself but never the dead-letter exchange or queues, and a message
+rejected towards a missing DLX vanishes silently, so `declare_topology()` declares everything,
+idempotently, at worker start (a consumer bootstep), at relay start and in the replay command.
+"""
+
+import logging
+
+from django.conf import settings
+from kombu import Connection, Exchange, Queue
+
+from ordering import catalogue
+
+logger = logging.getLogger(__name__)
+
+# Topic, not direct: Celery's native delayed delivery (how a retry's countdown waits in the
+# broker instead of in worker memory) only works with topic exchanges.
+EVENTS_EXCHANGE = Exchange(catalogue.EVENTS_EXCHANGE, type="topic", durable=True)
+DEAD_LETTER_EXCHANGE = Exchange(catalogue.DEAD_LETTER_EXCHANGE, type="direct", durable=True)
+
+
+def consumer_queue(name: str) -> Queue:
+    """A quorum queue that dead-letters to its own DLQ.
+
+    x-delivery-limit dead-letters a message that was delivered too often without an ack or a
+    reject (a message that kills its worker each time). at-least-once dead-lettering (which needs
+    reject-publish overflow) keeps a message in this queue until the DLQ confirmed it.
+    """
+    return Queue(
+        name,
+        exchange=EVENTS_EXCHANGE,
+        routing_key=name,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.MESSAGING["DELIVERY_LIMIT"],
+            "x-dead-letter-exchange": catalogue.DEAD_LETTER_EXCHANGE,
+            # Fixed key: without it a retried message would be dead-lettered with the routing
+            # key of the delay queue it passed through and match no DLQ.
+            "x-dead-letter-routing-key": name,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+def dead_letter_queue(name: str) -> Queue:
+    """The DLQ of consumer queue `name`.
+
+    Classic, not quorum: replay holds skipped messages unacked and returns them, and a quorum
+    queue would count each return against a delivery limit (RabbitMQ 4 sets one by default) and
+    eventually drop the dead letter with nowhere left to go.
+    """
+    return Queue(
+        catalogue.dead_letter_queue(name),
+        exchange=DEAD_LETTER_EXCHANGE,
+        routing_key=name,
+        durable=True,
+        queue_arguments={"x-queue-type": "classic"},
+    )
+
+
+def task_queues() -> tuple[Queue, ...]:
+    return tuple(consumer_queue(name) for name in catalogue.CONSUMER_QUEUES)
+
+
+def task_routes() -> dict[str, dict[str, str]]:
+    return {s.task_name: {"queue": s.queue, "routing_key": s.queue} for s in catalogue.SUBSCRIPTIONS}
+
+
+def declare_topology(connection: Connection) -> None:
+    """Declare every exchange and queue of the system; safe to call any number of times."""
+    channel = connection.default_channel
+    EVENTS_EXCHANGE.bind(channel).declare()
+    DEAD_LETTER_EXCHANGE.bind(channel).declare()
+    for name in catalogue.CONSUMER_QUEUES:
+        dead_letter_queue(name).bind(channel).declare()
+        consumer_queue(name).bind(channel).declare()
+    logger.info("topology declared: %s", ", ".join(catalogue.CONSUMER_QUEUES))

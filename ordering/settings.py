@@ -1,0 +1,224 @@
+"""Settings for the ordering system: one module, every value read from the environment.
+
+Each section names the variables it reads; README.md lists them all with their defaults.
+"""
+
+from decimal import Decimal
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+# --- Core Django -------------------------------------------------------------------------------
+# SECRET_KEY has a development default only while DEBUG is on; a production process without one
+# refuses to start rather than signing sessions with a published key.
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key" if DEBUG else None)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_results",
+    "log_request_id",
+    "ordering.messaging",
+    "orders",
+    "billing",
+    "fraud",
+]
+
+MIDDLEWARE = [
+    "log_request_id.middleware.RequestIDMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "ordering.urls"
+WSGI_APPLICATION = "ordering.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "ordering" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------------
+# DATABASE_URL, e.g. postgres://user:pass@host:5432/ordering. CONN_MAX_AGE keeps web connections
+# open between requests; health checks drop connections that died with a database restart.
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/ordering"),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- REST API ----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Ordering API",
+    "DESCRIPTION": "Create orders and follow them through fraud checks and billing.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI served from this project's static files, not from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+# --- Correlation ids ---------------------------------------------------------------------------
+# django-log-request-id takes the correlation id from the X-Correlation-ID request header (or
+# makes one), returns it, and puts it on every log line; the outbox copies it into each event
+# envelope and consumers restore it, so one id follows an order through every process.
+LOG_REQUEST_ID_HEADER = "HTTP_X_CORRELATION_ID"
+GENERATE_REQUEST_ID_IF_NOT_IN_HEADER = True
+REQUEST_ID_RESPONSE_HEADER = "X-Correlation-ID"
+NO_REQUEST_ID = "-"
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"correlation_id": {"()": "log_request_id.filters.RequestIDFilter"}},
+    "formatters": {
+        "line": {
+            "format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s %(message)s",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "filters": ["correlation_id"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+    },
+}
+
+# --- Celery and RabbitMQ -----------------------------------------------------------------------
+# All Celery settings live here with the CELERY_ prefix (ordering/celery.py loads them).
+# Topology (exchanges, queues, dead-letter exchange) is in ordering/messaging/topology.py.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+# Publisher confirms: a publish returns only once RabbitMQ has taken responsibility for the message.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_HEARTBEAT = env.int("CELERY_BROKER_HEARTBEAT", default=30)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
+# Every task is routed explicitly (ordering/catalogue.py); a typo must fail, not create a queue.
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+# At-least-once consumption: ack after the task finished, never before.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
+CELERY_TASK_ACKS_LATE = True
+# A task that finally failed is rejected (requeue=False) so RabbitMQ dead-letters it. Celery's
+# default acks, i.e. deletes, it. The same for a hard time limit: the message is requeued.
+CELERY_TASK_ACKS_ON_FAILURE = False
+CELERY_TASK_ACKS_ON_TIMEOUT = False
+# A killed pool process requeues its message; the quorum queue's x-delivery-limit bounds the loop
+# and dead-letters a message that keeps killing workers.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=30)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=60)
+# Worker log lines go through LOGGING above, so they carry the correlation id too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
+# Results: successes are not stored (no extra write on the happy path); failures are, with the
+# traceback, task arguments and worker, in django-celery-results: the dead-letter details.
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
+CELERY_RESULT_EXTENDED = True
+CELERY_RESULT_EXPIRES = None
+# Celery closes the DB connection around every task unless told to keep it (about 4x slower).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+
+# --- Messaging (outbox relay, consumers, dead letters) -----------------------------------------
+MESSAGING = {
+    # Retries of transient errors: exponential backoff with full jitter, capped, bounded.
+    "RETRY_MAX": env.int("CONSUMER_RETRY_MAX", default=5),
+    "RETRY_BACKOFF_SECONDS": env.int("CONSUMER_RETRY_BACKOFF_SECONDS", default=1),
+    "RETRY_BACKOFF_MAX_SECONDS": env.int("CONSUMER_RETRY_BACKOFF_MAX_SECONDS", default=60),
+    "RETRY_JITTER": env.bool("CONSUMER_RETRY_JITTER", default=True),
+    # Deliveries of one message before RabbitMQ dead-letters it (quorum queue x-delivery-limit):
+    # the guard against a message that kills its worker every time.
+    "DELIVERY_LIMIT": env.int("QUEUE_DELIVERY_LIMIT", default=10),
+    "RELAY_BATCH_SIZE": env.int("RELAY_BATCH_SIZE", default=100),
+    "RELAY_SWEEP_SECONDS": env.float("RELAY_SWEEP_SECONDS", default=2.0),
+    "RELAY_CONFIRM_TIMEOUT_SECONDS": env.float("RELAY_CONFIRM_TIMEOUT_SECONDS", default=10.0),
+    "RELAY_ERROR_BACKOFF_MAX_SECONDS": env.float("RELAY_ERROR_BACKOFF_MAX_SECONDS", default=5.0),
+    "REPLAY_MAX_REPLAYS": env.int("REPLAY_MAX_REPLAYS", default=3),
+}
+
+# --- Domain ------------------------------------------------------------------------------------
+ORDER_DEFAULT_CURRENCY = env.str("ORDER_DEFAULT_CURRENCY", default="EUR")
+ORDER_CURRENCIES = env.list("ORDER_CURRENCIES", default=["EUR", "USD", "GBP"])
+
+FRAUD_AMOUNT_LIMIT = Decimal(env.str("FRAUD_AMOUNT_LIMIT", default="10000.00"))
+FRAUD_VELOCITY_MAX_ORDERS = env.int("FRAUD_VELOCITY_MAX_ORDERS", default=5)
+FRAUD_VELOCITY_WINDOW_MINUTES = env.int("FRAUD_VELOCITY_WINDOW_MINUTES", default=10)
+
+# The gateway billing charges through: a dotted path to a PaymentGateway class.
+PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="billing.gateways.SimulatedGateway")
+# Simulated gateway behaviour: latency per charge, and charges above this amount are declined.
+SIMULATED_GATEWAY_LATENCY_MS = env.int("SIMULATED_GATEWAY_LATENCY_MS", default=0)
+SIMULATED_GATEWAY_DECLINE_ABOVE = Decimal(env.str("SIMULATED_GATEWAY_DECLINE_ABOVE", default="5000.00"))

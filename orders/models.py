@@ -1,0 +1,89 @@
+"""The Order aggregate: its status machine and the events its transitions stage."""
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+from django_fsm import FSMField, transition
+
+from ordering.messaging.outbox import EventSourcedModel
+from orders.events import OrderCreated
+
+
+class OrderStatus(models.TextChoices):
+    PENDING = "PENDING", "Pending"
+    PROCESSED = "PROCESSED", "Processed"
+    CANCELED_FRAUD = "CANCELED_FRAUD", "Canceled: fraud"
+    PAYMENT_DECLINED = "PAYMENT_DECLINED", "Payment declined"
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.PROCESSED, OrderStatus.CANCELED_FRAUD, OrderStatus.PAYMENT_DECLINED})
+
+
+class Order(EventSourcedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    product_name = models.CharField(max_length=200)
+    quantity = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    price = models.DecimalField(max_digits=12, decimal_places=2, validators=[MinValueValidator(Decimal("0.01"))])
+    currency = models.CharField(max_length=3)
+    buyer = models.CharField(max_length=254, db_index=True)
+    # Only the transition methods below change it: every change is guarded and leaves an event.
+    status = FSMField(default=OrderStatus.PENDING, choices=OrderStatus.choices, db_index=True)
+    status_reason = models.CharField(max_length=200, blank=True)
+    # What other apps told us through their events (orders never reads their tables).
+    fraud_decision = models.CharField(max_length=20, blank=True)
+    fraud_score = models.PositiveSmallIntegerField(null=True, blank=True)
+    fraud_reasons = models.JSONField(default=list, blank=True)
+    payment_reference = models.CharField(max_length=100, blank=True)
+    correlation_id = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(price__gt=0), name="order_price_positive"),
+            models.CheckConstraint(condition=models.Q(quantity__gte=1), name="order_quantity_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.product_name} x{self.quantity} for {self.buyer} ({self.status})"
+
+    @property
+    def amount(self) -> Decimal:
+        return self.price * self.quantity
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def stage_created(self) -> None:
+        self.stage_event(
+            OrderCreated(
+                order_id=str(self.id),
+                product_name=self.product_name,
+                quantity=self.quantity,
+                unit_price=str(self.price),
+                amount=str(self.amount),
+                currency=self.currency,
+                buyer=self.buyer,
+                created_at=self.created_at.isoformat(),
+            )
+        )
+
+    @transition(field=status, source=OrderStatus.PENDING, target=OrderStatus.PROCESSED)
+    def mark_processed(self, *, payment_reference: str) -> None:
+        self.payment_reference = payment_reference
+        self.status_reason = ""
+
+    @transition(field=status, source=OrderStatus.PENDING, target=OrderStatus.CANCELED_FRAUD)
+    def mark_canceled_fraud(self, *, reason: str) -> None:
+        self.status_reason = reason
+
+    @transition(field=status, source=OrderStatus.PENDING, target=OrderStatus.PAYMENT_DECLINED)
+    def mark_payment_declined(self, *, reason: str) -> None:
+        self.status_reason = reason

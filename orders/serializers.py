@@ -1,0 +1,74 @@
+"""API shapes of an order: what a client may send, what it gets back."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from rest_framework import serializers
+
+from orders.models import Order
+
+
+class OrderCreateSerializer(serializers.Serializer):
+    """Input of POST /api/orders/. Status, owner and ids are never the client's to set."""
+
+    product_name = serializers.CharField(max_length=200)
+    quantity = serializers.IntegerField(min_value=1, max_value=10_000, default=1)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal("0.01"))
+    currency = serializers.CharField(max_length=3, required=False)
+    buyer = serializers.CharField(max_length=254)
+
+    def validate_currency(self, value: str) -> str:
+        value = value.upper()
+        if value not in settings.ORDER_CURRENCIES:
+            raise serializers.ValidationError(f"must be one of {', '.join(settings.ORDER_CURRENCIES)}")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {name: "unknown or read-only field: the client cannot set it" for name in unknown}
+            )
+        attrs.setdefault("currency", settings.ORDER_DEFAULT_CURRENCY)
+        return attrs
+
+
+class OrderSerializer(serializers.ModelSerializer):
+    """An order as the API shows it, with the fraud and payment outcome once known."""
+
+    owner = serializers.CharField(source="owner.get_username", read_only=True)
+    amount = serializers.DecimalField(max_digits=14, decimal_places=2, read_only=True)
+    fraud = serializers.SerializerMethodField()
+    payment = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Order
+        fields = [
+            "id",
+            "status",
+            "status_reason",
+            "product_name",
+            "quantity",
+            "price",
+            "amount",
+            "currency",
+            "buyer",
+            "owner",
+            "fraud",
+            "payment",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_fraud(self, order: Order) -> dict | None:
+        if not order.fraud_decision:
+            return None
+        return {"decision": order.fraud_decision, "score": order.fraud_score, "reasons": order.fraud_reasons}
+
+    def get_payment(self, order: Order) -> dict | None:
+        if order.payment_reference:
+            return {"outcome": "captured", "reference": order.payment_reference}
+        if order.status == "PAYMENT_DECLINED":
+            return {"outcome": "declined", "reason": order.status_reason}
+        return None

@@ -1,0 +1,117 @@
+"""Billing: fraud, then one charge per order, then one outcome event, whatever is redelivered."""
+
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from billing.gateways import GatewayUnavailable, SimulatedGateway
+from billing.models import Payment, PaymentStatus, SimulatedCharge, SimulatedGatewayOutage
+from billing.services import billing_handle_order_created
+from fraud.models import BlockedBuyer
+from ordering import catalogue
+from ordering.messaging.models import OutboxEvent, ProcessedEvent
+from orders.events import OrderCreated
+from tests.conftest import envelope_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CONSUMER = catalogue.BILLING_HANDLE_ORDER_CREATED
+
+
+def order_created(amount="25.00", buyer=None):
+    order_id = str(uuid.uuid4())
+    return envelope_for(
+        OrderCreated(
+            order_id=order_id,
+            product_name="book",
+            quantity=1,
+            unit_price=amount,
+            amount=amount,
+            currency="EUR",
+            buyer=buyer or f"{order_id[:8]}@example.com",
+            created_at=timezone.now().isoformat(),
+        )
+    )
+
+
+def outcome_events(envelope):
+    return list(
+        OutboxEvent.objects.filter(aggregate_id=envelope.aggregate_id, event_type__startswith="billing.").values_list(
+            "event_type", flat=True
+        )
+    )
+
+
+def test_billing_captures_and_records_outcome():
+    envelope = order_created()
+    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    payment = Payment.objects.get(order_id=envelope.aggregate_id)
+    assert payment.status == PaymentStatus.CAPTURED
+    assert payment.amount == Decimal("25.00")
+    assert SimulatedCharge.objects.filter(idempotency_key=payment.idempotency_key, succeeded=True).count() == 1
+    assert outcome_events(envelope) == ["billing.payment.captured"]
+    assert ProcessedEvent.objects.filter(consumer=CONSUMER, event_id=envelope.event_id).exists()
+
+
+def test_billing_duplicate_delivery_charges_once():
+    envelope = order_created()
+    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    assert SimulatedCharge.objects.count() == 1
+    assert outcome_events(envelope) == ["billing.payment.captured"]
+
+
+def test_billing_crash_after_charge_before_commit_charges_once():
+    envelope = order_created()
+    # First delivery: payment row created and the gateway charged, then the worker died
+    # before the outcome was committed (simulated by charging directly).
+    key = Payment.idempotency_key_for(envelope.aggregate_id)
+    Payment.objects.create(
+        order_id=envelope.aggregate_id, amount=Decimal("25.00"), currency="EUR", buyer="b", idempotency_key=key
+    )
+    SimulatedGateway().charge(idempotency_key=key, amount=Decimal("25.00"), currency="EUR", buyer="b")
+    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)  # the redelivery
+    assert SimulatedCharge.objects.count() == 1
+    assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.CAPTURED
+
+
+def test_billing_another_event_for_a_billed_order_charges_nothing_more():
+    first = order_created()
+    billing_handle_order_created(consumer=CONSUMER, envelope=first)
+    replayed_copy = envelope_for(first.event(OrderCreated))  # same order, new event id
+    billing_handle_order_created(consumer=CONSUMER, envelope=replayed_copy)
+    assert SimulatedCharge.objects.count() == 1
+    assert outcome_events(first) == ["billing.payment.captured"]
+
+
+def test_billing_declined_is_a_business_outcome(settings):
+    settings.SIMULATED_GATEWAY_DECLINE_ABOVE = Decimal("100.00")
+    envelope = order_created(amount="100.01")
+    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.DECLINED
+    assert outcome_events(envelope) == ["billing.payment.declined"]
+
+
+def test_billing_fraud_rejection_blocks_without_charging():
+    BlockedBuyer.objects.create(buyer="mallory@example.com")
+    envelope = order_created(buyer="mallory@example.com")
+    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    payment = Payment.objects.get(order_id=envelope.aggregate_id)
+    assert payment.status == PaymentStatus.BLOCKED
+    assert not SimulatedCharge.objects.exists()
+    assert outcome_events(envelope) == ["billing.payment.blocked"]
+    assert OutboxEvent.objects.filter(event_type="fraud.check.completed", aggregate_id=envelope.aggregate_id).exists()
+
+
+def test_billing_gateway_outage_is_transient_and_leaves_payment_charging():
+    SimulatedGatewayOutage.objects.create(until=timezone.now() + timezone.timedelta(minutes=1))
+    envelope = order_created()
+    with pytest.raises(GatewayUnavailable):
+        billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.CHARGING
+    assert not ProcessedEvent.objects.exists()
+    SimulatedGatewayOutage.objects.update(until=timezone.now())
+    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.CAPTURED

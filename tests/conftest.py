@@ -1,0 +1,52 @@
+"""Fixtures shared by every layer of the tests."""
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from ordering.messaging.envelope import DomainEvent, Envelope
+from orders.models import Order
+from orders.services import order_create
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user(username=f"client-{uuid.uuid4().hex[:6]}", password="pw")
+
+
+@pytest.fixture
+def api_client(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def make_order(owner, **overrides) -> Order:
+    fields = {
+        "product_name": "book",
+        "quantity": 1,
+        "price": Decimal("10.00"),
+        "currency": "EUR",
+        "buyer": f"buyer-{uuid.uuid4().hex[:8]}@example.com",
+    }
+    fields.update(overrides)
+    return order_create(owner=owner, **fields)
+
+
+def envelope_for(event: DomainEvent, *, event_id: uuid.UUID | None = None) -> Envelope:
+    """An envelope as the relay would send it, round-tripped through JSON-compatible form."""
+    envelope = Envelope(
+        event_id=event_id or uuid.uuid4(),
+        event_type=event.event_type,
+        version=event.version,
+        occurred_at=datetime.now(UTC),
+        aggregate_id=event.aggregate_id,
+        correlation_id="test-correlation",
+        causation_id=None,
+        payload=event.to_payload(),
+    )
+    return Envelope.from_wire(envelope.to_wire())
