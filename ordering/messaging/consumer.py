@@ -22,6 +22,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from ordering import catalogue
 from ordering.messaging.context import handling_event
 from ordering.messaging.envelope import Envelope
 from ordering.messaging.errors import TransientError, UnknownEventVersion
@@ -46,12 +47,9 @@ class EventConsumerTask(Task):
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         # Stored with a failure by django-celery-results (TaskResult.meta): the queue and the
-        # attempt a dead letter failed on.
-        delivery_info = self.request.delivery_info or {}
-        self.request.meta = {
-            "queue": delivery_info.get("routing_key"),
-            "retries": self.request.retries,
-        }
+        # attempt a dead letter failed on. The queue comes from the catalogue, not from the
+        # delivery's routing key, which for a retry carries the delay-exchange prefix.
+        self.request.meta = {"queue": catalogue.queue_of_task(self.name), "retries": self.request.retries}
 
 
 def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:

@@ -109,7 +109,7 @@ def _replay_queue(
     try:
         dlq = dead_letter_queue(queue).bind(channel)
         _, present, _ = dlq.queue_declare(passive=True)
-        producer = Producer(channel, exchange="")
+        producer = Producer(channel)
         for _ in range(present):
             if criteria.limit is not None and len(summary.replayed) >= criteria.limit:
                 break

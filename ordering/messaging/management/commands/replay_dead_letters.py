@@ -63,7 +63,7 @@ class Command(BaseCommand):
     def _report(self, action: str, letter: DeadLetterMessage, why: str) -> None:
         failure = dead_letter_failure(letter.task_id) or letter.death_reason or "unknown"
         self.stdout.write(
-            f"{action:>12}  {letter.dlq} -> {letter.origin_queue}  {letter.task_name}  "
+            f"{action:>12}  {letter.dlq} -> {letter.origin_queue}  {letter.task_name}[{letter.task_id}]  "
             f"event={letter.event_type}:{letter.event_id}  order={letter.order_id}  "
             f"replays={letter.replay_count}  failure={failure}" + (f"  ({why})" if why else "")
         )
