@@ -5,6 +5,7 @@ can be killed with any signal (a pool child, a worker main process, the relay, a
 started again, as a supervisor would.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -93,10 +94,8 @@ class ManagedProcess:
     def kill_all(self) -> None:
         """SIGKILL the whole process group: main process and children, as a machine crash would."""
         if self.popen is not None and self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(timeout=10)
 
     def stop(self, timeout: float = 20) -> None:
@@ -112,10 +111,8 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             self.kill_all()
         # Children (pool processes, gunicorn workers) must not outlive the test either.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @dataclass

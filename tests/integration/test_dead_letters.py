@@ -52,7 +52,7 @@ def test_outage_longer_than_retry_budget_is_dead_lettered_then_replayed(system, 
     SimulatedGatewayOutage.objects.create(until=timezone.now() + timezone.timedelta(minutes=5))
     order = make_order(user)
     failures = lambda: selectors.dead_letters_for_order(str(order.id))  # noqa: E731
-    wait_until(lambda: failures(), timeout=60, message="the order's task to be dead-lettered")
+    wait_until(failures, timeout=60, message="the order's task to be dead-lettered")
     failure = failures()[0]
     assert selectors.failure_summary(failure).startswith("GatewayUnavailable")
     assert selectors.failure_attempts(failure) == RETRY_MAX + 1
