@@ -207,6 +207,8 @@ MESSAGING = {
     "RELAY_CONFIRM_TIMEOUT_SECONDS": env.float("RELAY_CONFIRM_TIMEOUT_SECONDS", default=10.0),
     "RELAY_ERROR_BACKOFF_MAX_SECONDS": env.float("RELAY_ERROR_BACKOFF_MAX_SECONDS", default=5.0),
     "REPLAY_MAX_REPLAYS": env.int("REPLAY_MAX_REPLAYS", default=3),
+    # If set, the relay touches this file on every loop: a liveness probe for containers.
+    "RELAY_HEARTBEAT_FILE": env.str("RELAY_HEARTBEAT_FILE", default=""),
 }
 
 # --- Domain ------------------------------------------------------------------------------------

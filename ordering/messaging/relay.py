@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 import uuid
+from pathlib import Path
 
 import psycopg
 from celery import Celery
@@ -44,6 +45,7 @@ class OutboxRelay:
         self.sweep_seconds = messaging["RELAY_SWEEP_SECONDS"]
         self.confirm_timeout = messaging["RELAY_CONFIRM_TIMEOUT_SECONDS"]
         self.backoff_max = messaging["RELAY_ERROR_BACKOFF_MAX_SECONDS"]
+        self.heartbeat = Path(messaging["RELAY_HEARTBEAT_FILE"]) if messaging["RELAY_HEARTBEAT_FILE"] else None
         self._listener: psycopg.Connection | None = None
         self._topology_declared = False
 
@@ -119,6 +121,8 @@ class OutboxRelay:
         backoff = 0.1
         logger.info("relay: started (batch %d, sweep %.1fs)", self.batch_size, self.sweep_seconds)
         while not stop.is_set():
+            if self.heartbeat:
+                self.heartbeat.touch()
             try:
                 self._listen()
                 while not stop.is_set() and self.publish_pending() == self.batch_size:
