@@ -14,6 +14,7 @@ Guarantees, and why they hold:
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -105,9 +106,12 @@ class OutboxRelay:
             self._listener = psycopg.connect(**params, autocommit=True)
             self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
-    def _wait_for_notify(self, timeout: float) -> None:
-        for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-            break
+    def _wait_for_notify(self, timeout: float, stop: threading.Event) -> None:
+        """Return on the first NOTIFY, after `timeout` (the sweep), or soon after `stop` is set."""
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            for _ in self._listener.notifies(timeout=min(left, 0.5), stop_after=1):
+                return
 
     def _close(self) -> None:
         if self._listener is not None:
@@ -128,7 +132,7 @@ class OutboxRelay:
                 while not stop.is_set() and self.publish_pending() == self.batch_size:
                     pass
                 backoff = 0.1
-                self._wait_for_notify(self.sweep_seconds)
+                self._wait_for_notify(self.sweep_seconds, stop)
             # Whatever failed (broker, database, a bug in one batch), the relay must not die:
             # nothing is marked published, so backing off and trying again loses nothing.
             except Exception as exc:

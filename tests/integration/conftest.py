@@ -31,9 +31,12 @@ def process_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def system(django_db_setup, django_db_blocker, tmp_path_factory):
-    """Relay, billing worker and orders worker, started once for all integration tests."""
+    """Relay, billing worker and orders worker, started once for the integration tests.
+
+    Package scope: they stop after this package, so other tests own the queues again.
+    """
     with app.connection_for_write() as conn:
         declare_topology(conn)
     group = ProcessGroup(env=process_env(), log_dir=tmp_path_factory.mktemp("logs"))

@@ -1,0 +1,93 @@
+"""The relay against real PostgreSQL and RabbitMQ: confirms, SKIP LOCKED, NOTIFY, outages."""
+
+import threading
+import time
+
+import pytest
+from celery import Celery
+
+from ordering import catalogue
+from ordering.celery import app
+from ordering.messaging.models import OutboxEvent
+from ordering.messaging.relay import OutboxRelay, task_id_for
+from tests.conftest import make_order
+from tests.messaging.conftest import drain
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_relay_publishes_task_messages_and_marks_them_published(broker, user):
+    orders = [make_order(user) for _ in range(3)]
+    assert OutboxRelay(app).publish_pending() == 3
+    assert not OutboxEvent.objects.filter(published_at__isnull=True).exists()
+    messages = drain(broker, catalogue.BILLING_QUEUE)
+    assert len(messages) == 3
+    for message in messages:
+        headers = message.headers
+        assert headers["task"] == catalogue.BILLING_HANDLE_ORDER_CREATED
+        event = OutboxEvent.objects.get(pk=headers["event_id"])
+        assert headers["id"] == task_id_for(event.id, catalogue.BILLING_HANDLE_ORDER_CREATED)
+        assert message.properties["delivery_mode"] == 2  # persistent
+        envelope = message.decode()[1]["envelope"]
+        assert envelope["event_id"] == str(event.id)
+        assert envelope["payload"]["amount"] == "10.00"
+    assert {m.decode()[1]["envelope"]["aggregate_id"] for m in messages} == {str(o.id) for o in orders}
+
+
+def test_two_relays_racing_publish_each_event_once(broker, user):
+    for _ in range(60):
+        make_order(user)
+    published = []
+
+    def relay_loop() -> None:
+        relay = OutboxRelay(app, batch_size=5)
+        try:
+            while count := relay.publish_pending():
+                published.append(count)
+        finally:
+            from django.db import connection
+
+            connection.close()
+
+    threads = [threading.Thread(target=relay_loop) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(published) == 60
+    messages = drain(broker, catalogue.BILLING_QUEUE)
+    assert len(messages) == 60
+    assert len({m.headers["id"] for m in messages}) == 60
+
+
+def test_relay_with_broker_unreachable_marks_nothing_published(user):
+    make_order(user)
+    unreachable = Celery("unreachable")
+    unreachable.config_from_object("django.conf:settings", namespace="CELERY")
+    unreachable.conf.broker_url = "amqp://guest:guest@127.0.0.1:1//"
+    with pytest.raises(Exception):  # noqa: B017 - any connection error will do
+        OutboxRelay(unreachable).publish_pending()
+    assert OutboxEvent.objects.filter(published_at__isnull=True).count() == 1
+
+
+def test_relay_wakes_on_commit_not_on_the_sweep(broker, user, settings):
+    settings.MESSAGING = {**settings.MESSAGING, "RELAY_SWEEP_SECONDS": 60}
+    stop = threading.Event()
+    relay = OutboxRelay(app)
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(1)  # the relay is waiting on LISTEN, its next sweep a minute away
+        started = time.monotonic()
+        order = make_order(user)
+        wait_until(
+            lambda: OutboxEvent.objects.filter(aggregate_id=str(order.id), published_at__isnull=False).exists(),
+            timeout=10,
+            message="the relay to publish after the commit",
+        )
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        thread.join(timeout=70)
+    assert not thread.is_alive()

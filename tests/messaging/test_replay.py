@@ -1,0 +1,131 @@
+"""replay_dead_letters against real RabbitMQ queues (no workers consume while these run)."""
+
+import io
+import json
+import uuid
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from kombu import Producer
+
+from ordering import catalogue
+from ordering.celery import app
+from ordering.messaging import replay as replay_module
+from ordering.messaging.replay import REPLAY_COUNT_HEADER
+from tests.messaging.conftest import drain
+
+pytestmark = pytest.mark.django_db
+
+BILLING_DLQ = catalogue.dead_letter_queue(catalogue.BILLING_QUEUE)
+
+
+def put_dead_letter(
+    conn,
+    *,
+    order_id: str | None = None,
+    event_type: str = "orders.order.created",
+    replays: int = 0,
+    queue: str = catalogue.BILLING_QUEUE,
+) -> str:
+    """A message as RabbitMQ dead-letters it: Celery body and headers plus x-death."""
+    task_id = str(uuid.uuid4())
+    envelope = {"event_id": str(uuid.uuid4()), "event_type": event_type, "aggregate_id": order_id or str(uuid.uuid4())}
+    headers = {
+        "task": catalogue.BILLING_HANDLE_ORDER_CREATED,
+        "id": task_id,
+        "retries": 3,
+        # Most recent first: the consumer queue's rejection, then the delay queue it passed through.
+        "x-death": [
+            {"queue": queue, "reason": "rejected", "count": 1, "exchange": "", "routing-keys": [queue]},
+            {"queue": "celery_delayed_1", "reason": "expired", "count": 1, "exchange": "", "routing-keys": ["x"]},
+        ],
+    }
+    if replays:
+        headers[REPLAY_COUNT_HEADER] = replays
+    Producer(conn.default_channel).publish(
+        json.dumps([[], {"envelope": envelope}, {}]), exchange=catalogue.DEAD_LETTER_EXCHANGE, routing_key=queue,
+        headers=headers, content_type="application/json", content_encoding="utf-8",
+        correlation_id=task_id, priority=0,
+    )  # fmt: skip
+    return task_id
+
+
+def replay(*args: str) -> str:
+    out = io.StringIO()
+    call_command("replay_dead_letters", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_replay_returns_message_to_its_queue_intact(broker):
+    task_id = put_dead_letter(broker)
+    assert "replayed 1, skipped 0, failed 0" in replay("--reset-retries")
+    assert drain(broker, BILLING_DLQ) == []
+    [message] = drain(broker, catalogue.BILLING_QUEUE)
+    assert message.headers["id"] == task_id
+    assert message.headers["task"] == catalogue.BILLING_HANDLE_ORDER_CREATED
+    assert message.headers[REPLAY_COUNT_HEADER] == 1
+    assert message.headers["retries"] == 0
+    assert message.headers["x-death"][0]["queue"] == catalogue.BILLING_QUEUE
+    assert message.properties["correlation_id"] == task_id
+    assert message.content_type == "application/json"
+    assert message.decode()[1]["envelope"]["event_type"] == "orders.order.created"
+
+
+def test_dry_run_moves_nothing(broker):
+    put_dead_letter(broker)
+    put_dead_letter(broker)
+    assert "would replay 2" in replay("--dry-run")
+    assert len(drain(broker, BILLING_DLQ)) == 2
+    assert drain(broker, catalogue.BILLING_QUEUE) == []
+
+
+def test_filters_and_limit_leave_the_rest_in_the_dlq(broker):
+    wanted = str(uuid.uuid4())
+    put_dead_letter(broker, order_id=wanted)
+    put_dead_letter(broker)
+    put_dead_letter(broker, event_type="other.type")
+    assert "replayed 1, skipped 2" in replay("--order", wanted)
+    assert "replayed 1," in replay("--event-type", "orders.order.created", "--limit", "1")
+    [left] = drain(broker, BILLING_DLQ)
+    assert left.decode()[1]["envelope"]["event_type"] == "other.type"
+    assert len(drain(broker, catalogue.BILLING_QUEUE)) == 2
+
+
+def test_too_often_replayed_messages_need_force(broker):
+    put_dead_letter(broker, replays=3)
+    assert "replayed 0, skipped 1" in replay("--max-replays", "3")
+    assert "replayed 1, skipped 0" in replay("--max-replays", "3", "--force")
+
+
+def test_failed_republish_leaves_the_dead_letter_in_place(broker, monkeypatch):
+    put_dead_letter(broker)
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("broker went away mid-replay")
+
+    monkeypatch.setattr(replay_module, "_republish", broken)
+    with pytest.raises(CommandError, match="could not be replayed"):
+        replay()
+    assert len(drain(broker, BILLING_DLQ)) == 1
+    assert drain(broker, catalogue.BILLING_QUEUE) == []
+
+
+def test_replay_handles_only_messages_present_at_start(broker, monkeypatch):
+    """A message dead-lettered again during the run is not taken a second time."""
+    put_dead_letter(broker)
+    original = replay_module._republish
+
+    def republish_and_fail_again(producer, message, letter, criteria):
+        original(producer, message, letter, criteria)
+        put_dead_letter(broker)  # the consumer rejected it again at once
+
+    monkeypatch.setattr(replay_module, "_republish", republish_and_fail_again)
+    assert "replayed 1, skipped 0" in replay()
+    assert len(drain(broker, BILLING_DLQ)) == 1
+
+
+def test_connection_is_the_apps(broker):
+    # replay_dead_letters publishes with confirms: the app's transport options apply to it.
+    with app.connection_for_write() as conn:
+        assert conn.transport_options.get("confirm_publish") is True
