@@ -20,7 +20,7 @@ from collections.abc import Callable
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from ordering import catalogue
 from ordering.messaging.context import handling_event
@@ -50,6 +50,18 @@ class EventConsumerTask(Task):
         # attempt a dead letter failed on. The queue comes from the catalogue, not from the
         # delivery's routing key, which for a retry carries the delay-exchange prefix.
         self.request.meta = {"queue": catalogue.queue_of_task(self.name), "retries": self.request.retries}
+        ensure_usable_database()
+
+
+def ensure_usable_database() -> None:
+    """Drop database connections a restart broke, before a task uses them.
+
+    With CELERY_DB_REUSE_MAX, Celery keeps connections across tasks without Django's
+    request-cycle checks, so after a PostgreSQL restart every task would fail on the dead
+    connection. This runs those checks: unusable or too old connections are closed, and the
+    next query health-checks (and if needed reopens) its connection.
+    """
+    close_old_connections()
 
 
 def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
