@@ -12,5 +12,5 @@ from ordering.messaging.envelope import Envelope
 
 
 @event_consumer(name=catalogue.BILLING_HANDLE_ORDER_CREATED, event_type=catalogue.ORDER_CREATED)
-def handle_order_created(envelope: Envelope) -> None:
-    billing_handle_order_created(consumer=catalogue.BILLING_HANDLE_ORDER_CREATED, envelope=envelope)
+def handle_order_created(envelope: Envelope, consumer: str) -> None:
+    billing_handle_order_created(consumer=consumer, envelope=envelope)

@@ -36,7 +36,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     SoftTimeLimitExceeded,
 )
 
-Handler = Callable[[Envelope], None]
+# handler(envelope, consumer): `consumer` is the task name, the inbox key of its effects.
+Handler = Callable[[Envelope, str], None]
 
 
 class EventConsumerTask(Task):
@@ -65,7 +66,7 @@ def ensure_usable_database() -> None:
 
 
 def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
-    """Turn `handler(envelope)` into the consumer task `name` for events of `event_type`."""
+    """Turn `handler(envelope, consumer)` into the consumer task `name` for events of `event_type`."""
     messaging = settings.MESSAGING
 
     def decorator(handler: Handler) -> Task:
@@ -81,7 +82,7 @@ def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
                     parsed.event_id,
                     self.request.retries + 1,
                 )
-                handler(parsed)
+                handler(parsed, name)
 
         run.__name__ = handler.__name__
         run.__doc__ = handler.__doc__

@@ -91,3 +91,17 @@ def test_token_authentication(user):
 def test_api_docs_and_schema_are_served(api_client):
     assert api_client.get("/api/schema/").status_code == 200
     assert api_client.get("/api/docs/").status_code == 200
+
+
+def test_database_outage_is_503_with_retry_after(api_client, monkeypatch):
+    from django.db import OperationalError
+
+    from orders import apis
+
+    def unavailable(**kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(apis, "order_create", unavailable)
+    response = api_client.post("/api/orders/", VALID, format="json")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
