@@ -4,7 +4,7 @@ A consumer task is an endpoint for a message: it parses the envelope, sets the c
 calls one handler, and leaves the retry / reject decision to the policy defined here:
 
 - transient errors (database unavailable, gateway outage or timeout, soft time limit) are
-  retried with capped exponential backoff and full jitter, a bounded number of times; the retry
+  retried with capped exponential backoff and jitter, a bounded number of times; the retry
   waits in RabbitMQ (native delayed delivery), not in the worker;
 - anything else (malformed envelope, unknown version, invalid payload, a bug) fails at once;
 - a task that failed for good is rejected, so RabbitMQ dead-letters it to the queue's DLQ, and
@@ -15,6 +15,8 @@ effect (ordering/messaging/inbox.py).
 """
 
 import logging
+import math
+import random
 from collections.abc import Callable
 
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -65,6 +67,21 @@ def ensure_usable_database() -> None:
     close_old_connections()
 
 
+def retry_countdown(retries: int) -> int:
+    """Seconds before retry number `retries + 1`: exponential, capped, with "equal jitter".
+
+    Half of the backoff is fixed and half random. Celery's own retry_jitter is full jitter
+    (anywhere from 0 to the backoff), which can spend the whole retry budget in a few seconds
+    and dead-letter a message during an outage its backoff was sized to outlast. Whole seconds,
+    at least 1: the delay travels through RabbitMQ's native delayed delivery.
+    """
+    messaging = settings.MESSAGING
+    backoff = min(messaging["RETRY_BACKOFF_MAX_SECONDS"], messaging["RETRY_BACKOFF_SECONDS"] * 2**retries)
+    if messaging["RETRY_JITTER"]:
+        backoff = backoff / 2 + random.uniform(0, backoff / 2)
+    return max(1, math.ceil(backoff))
+
+
 def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
     """Turn `handler(envelope, consumer)` into the consumer task `name` for events of `event_type`."""
     messaging = settings.MESSAGING
@@ -82,7 +99,12 @@ def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
                     parsed.event_id,
                     self.request.retries + 1,
                 )
-                handler(parsed, name)
+                try:
+                    handler(parsed, name)
+                except TRANSIENT_ERRORS as exc:
+                    logger.warning("%s: %s: %s", name, type(exc).__name__, exc)
+                    # Past max_retries, retry() re-raises exc: the task fails and is dead-lettered.
+                    raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
 
         run.__name__ = handler.__name__
         run.__doc__ = handler.__doc__
@@ -90,11 +112,7 @@ def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
             name=name,
             bind=True,
             base=EventConsumerTask,
-            autoretry_for=TRANSIENT_ERRORS,
             max_retries=messaging["RETRY_MAX"],
-            retry_backoff=messaging["RETRY_BACKOFF_SECONDS"],
-            retry_backoff_max=messaging["RETRY_BACKOFF_MAX_SECONDS"],
-            retry_jitter=messaging["RETRY_JITTER"],
         )(run)
 
     return decorator

@@ -4,7 +4,7 @@ import psycopg
 import pytest
 from django.db import OperationalError, connection
 
-from ordering.messaging.consumer import ensure_usable_database
+from ordering.messaging.consumer import ensure_usable_database, retry_countdown
 from orders.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,3 +31,21 @@ def test_without_the_check_the_killed_connection_fails_the_task():
     with pytest.raises(OperationalError):
         Order.objects.count()
     connection.close()
+
+
+@pytest.mark.parametrize("jitter", [True, False])
+def test_retry_countdown_grows_exponentially_with_a_cap_and_a_floor(settings, jitter):
+    settings.MESSAGING = {
+        **settings.MESSAGING,
+        "RETRY_BACKOFF_SECONDS": 2,
+        "RETRY_BACKOFF_MAX_SECONDS": 30,
+        "RETRY_JITTER": jitter,
+    }
+    for retries, backoff in enumerate([2, 4, 8, 16, 30, 30]):
+        for _ in range(50):
+            countdown = retry_countdown(retries)
+            assert isinstance(countdown, int)
+            if jitter:
+                assert max(1, backoff // 2) <= countdown <= backoff
+            else:
+                assert countdown == backoff
