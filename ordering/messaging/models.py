@@ -24,8 +24,8 @@ class OutboxEvent(models.Model):
     occurred_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     published_at = models.DateTimeField(null=True, blank=True)
+    # Times published: more than 1 when a relay died between the broker's confirm and this mark.
     publish_attempts = models.PositiveIntegerField(default=0)
-    last_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["created_at"]
