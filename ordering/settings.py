@@ -185,7 +185,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 # Results: successes are not stored (no extra write on the happy path); failures are, with the
 # traceback, task arguments and worker, in django-celery-results: the dead-letter details.
-CELERY_RESULT_BACKEND = "django-db"
+# django-celery-results ("django-db"), through a connection that a database failure inside the
+# task has not left broken (ordering/messaging/results.py).
+CELERY_RESULT_BACKEND = "ordering.messaging.results:ResultBackend"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
 CELERY_RESULT_EXTENDED = True

@@ -15,5 +15,5 @@ class ResultBackend(DatabaseBackend):
     """
 
     def _store_result(self, *args: object, **kwargs: object) -> object:
-        pass  # connection.close_if_unusable_or_obsolete()
+        connection.close_if_unusable_or_obsolete()
         return super()._store_result(*args, **kwargs)
