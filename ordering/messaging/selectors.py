@@ -3,7 +3,9 @@
 import ast
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from django.utils import timezone
 
 from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
 
@@ -91,3 +93,12 @@ def dead_letter_envelope(failure: DeadLetter) -> dict | None:
     except (ValueError, KeyError, TypeError, SyntaxError):
         return None
     return envelope if isinstance(envelope, dict) else None
+
+
+def outbox_backlog(*, older_than: timedelta) -> int:
+    """Events committed more than `older_than` ago and still not published (relay or broker down)."""
+    return OutboxEvent.objects.filter(published_at__isnull=True, created_at__lt=timezone.now() - older_than).count()
+
+
+def dead_letters_unresolved() -> list[DeadLetter]:
+    return [failure for failure in DeadLetter.objects.all() if not dead_letter_resolved(failure)]
