@@ -1,0 +1,58 @@
+"""The short chaos run inside the test suite: ~1,000 orders, every fault kind, zero violations.
+
+It runs the chaos CLI as a subprocess (own database, own vhost, own processes) and checks its exit
+status and the key numbers of its JSON ledger. Missing services make it fail, never skip.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.faults import FAULTS
+from tests.processes import ROOT
+
+pytestmark = pytest.mark.chaos
+
+ORDERS = 1000
+FAULT_COUNT = len(FAULTS)  # 12: each kind once
+RUN_TIMEOUT = 720
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 180)
+def test_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
+    ledger_path = tmp_path / "ledger.json"
+    command = [
+        sys.executable, "-m", "tests.chaos.run", "--orders", str(ORDERS), "--faults", str(FAULT_COUNT),
+        "--out", str(tmp_path / "run"), "--json", str(ledger_path),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
+    )
+    try:
+        output, _ = process.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)  # the run restores the services and cleans up
+        output, _ = process.communicate(timeout=170)
+        pytest.fail(f"chaos run did not finish in {RUN_TIMEOUT}s:\n{output[-6000:]}")
+    assert process.returncode == 0, f"chaos run exited {process.returncode}:\n{output[-8000:]}"
+
+    ledger = json.loads(ledger_path.read_text())
+    orders, events, letters = ledger["orders"], ledger["events"], ledger["dead_letters"]
+    assert ledger["violations"] == []
+    assert orders["accepted_201"] >= ORDERS * 0.98, output[-4000:]
+    assert orders["lost"] == orders["double_charged"] == orders["stuck"] == 0
+    assert orders["charged_but_not_processed"] == 0
+    assert sum(orders["terminal_by_status"].values()) == orders["in_database"] >= orders["accepted_201"]
+    assert events["published"] == events["recorded"]
+    assert events["consumed_once_in_effect"] == events["deliveries_expected"] > 0
+    assert letters["left"] == letters["poison_injected"] >= 2
+    assert all(letter["what"] != "UNEXPECTED" for letter in letters["letters"])
+    assert ledger["unacked_left"] == 0
+    assert ledger["faults"]["injected"] >= 8
+    assert set(ledger["faults"]["by_kind"]) == set(FAULTS)
+    assert ledger["drain"]["drained"]
