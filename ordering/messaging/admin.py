@@ -43,7 +43,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     list_display = ["date_done", "task_name", "event_type", "order", "failure", "attempts", "queue", "resolved"]
     list_filter = ["task_name", "date_done"]
-    search_fields = ["task_id", "task_kwargs"]
+    search_fields = ["task_id", "task_kwargs", "meta"]
     fields = [
         "task_id",
         "task_name",
@@ -78,10 +78,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.display(description="queue")
     def queue(self, obj: DeadLetter) -> str:
-        try:
-            return json.loads(obj.meta or "{}").get("queue") or ""
-        except (ValueError, AttributeError):
-            return ""
+        return selectors.failure_meta(obj).get("queue") or ""
 
     @admin.display(description="resolved", boolean=True)
     def resolved(self, obj: DeadLetter) -> bool:
@@ -92,5 +89,4 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         return format_html("<pre>{}</pre>", json.dumps(self._envelope(obj), indent=2))
 
     def _envelope(self, obj: DeadLetter) -> dict:
-        envelope = selectors.dead_letter_envelope(obj)
-        return envelope or {}
+        return selectors.dead_letter_envelope(obj) or {}

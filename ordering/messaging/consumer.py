@@ -49,10 +49,15 @@ class EventConsumerTask(Task):
     ignore_result = True
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
-        # Stored with a failure by django-celery-results (TaskResult.meta): the queue and the
-        # attempt a dead letter failed on. The queue comes from the catalogue, not from the
-        # delivery's routing key, which for a retry carries the delay-exchange prefix.
-        self.request.meta = {"queue": catalogue.queue_of_task(self.name), "retries": self.request.retries}
+        # Stored with a retry or failure by django-celery-results (TaskResult.meta): the
+        # dead letter's details. The queue comes from the catalogue, not from the delivery's
+        # routing key, which for a retry carries the delay-exchange prefix. The envelope is
+        # kept whole here because task_kwargs only gets Celery's kwargsrepr (a short summary).
+        self.request.meta = {
+            "queue": catalogue.queue_of_task(self.name),
+            "retries": self.request.retries,
+            "envelope": kwargs.get("envelope"),
+        }
         ensure_usable_database()
 
 

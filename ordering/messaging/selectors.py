@@ -1,10 +1,10 @@
 """Reads over the messaging tables: event history of an order, dead-letter failure details."""
 
-import ast
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.db.models import Q
 from django.utils import timezone
 
 from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
@@ -40,7 +40,9 @@ def event_history(*, order_id: str) -> list[HistoryEntry]:
 
 
 def dead_letters_for_order(order_id: str) -> list[DeadLetter]:
-    return list(DeadLetter.objects.filter(task_kwargs__contains=order_id))
+    # meta holds the envelope (ordering/messaging/consumer.py); task_kwargs the relay's
+    # kwargsrepr, which names the order too and is all a failure stored for a lost worker has.
+    return list(DeadLetter.objects.filter(Q(meta__contains=order_id) | Q(task_kwargs__contains=order_id)))
 
 
 def failure_summary(failure: DeadLetter) -> str:
@@ -64,12 +66,17 @@ def dead_letter_failure(task_id: str | None) -> str | None:
     return f"{failure_summary(failure)} (attempts: {failure_attempts(failure)})"
 
 
-def failure_attempts(failure: DeadLetter) -> int | None:
+def failure_meta(failure: DeadLetter) -> dict:
+    """What the consumer stored with its failure: queue, retries and the envelope."""
     try:
         meta = json.loads(failure.meta or "{}")
     except ValueError:
-        return None
-    retries = meta.get("retries") if isinstance(meta, dict) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def failure_attempts(failure: DeadLetter) -> int | None:
+    retries = failure_meta(failure).get("retries")
     return retries + 1 if isinstance(retries, int) else None
 
 
@@ -84,14 +91,8 @@ def dead_letter_event_id(failure: DeadLetter) -> str | None:
 
 
 def dead_letter_envelope(failure: DeadLetter) -> dict | None:
-    """The envelope the failed task was called with, as stored with its failure."""
-    try:
-        kwargs = json.loads(failure.task_kwargs or "{}")
-        if isinstance(kwargs, str):  # stored as a repr string: parse that too
-            kwargs = ast.literal_eval(kwargs)
-        envelope = kwargs["envelope"]
-    except (ValueError, KeyError, TypeError, SyntaxError):
-        return None
+    """The envelope the failed task was called with, as its consumer stored it."""
+    envelope = failure_meta(failure).get("envelope")
     return envelope if isinstance(envelope, dict) else None
 
 

@@ -25,9 +25,10 @@ def failed_task(order_id: str) -> TaskResult:
     envelope = {"event_id": str(uuid.uuid4()), "event_type": "orders.order.created", "aggregate_id": order_id}
     return TaskResult.objects.create(
         task_id=str(uuid.uuid4()), task_name=catalogue.BILLING_HANDLE_ORDER_CREATED, status="FAILURE",
-        task_kwargs=json.dumps({"envelope": envelope}), date_done=timezone.now(),
+        task_kwargs="{envelope: ...}", date_done=timezone.now(),
         result=json.dumps({"exc_type": "GatewayUnavailable", "exc_message": ["simulated gateway outage"]}),
-        traceback="Traceback (most recent call last): ...", meta=json.dumps({"queue": "billing.events", "retries": 5}),
+        traceback="Traceback (most recent call last): ...",
+        meta=json.dumps({"queue": "billing.events", "retries": 5, "envelope": envelope}),
     )  # fmt: skip
 
 

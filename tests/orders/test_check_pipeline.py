@@ -37,7 +37,7 @@ def test_stuck_order_unpublished_event_and_dead_letter_fail_the_check(user):
     OutboxEvent.objects.update(created_at=timezone.now() - timedelta(minutes=10))
     TaskResult.objects.create(
         task_id=str(uuid.uuid4()), task_name="billing.handle_order_created", status="FAILURE",
-        task_kwargs=json.dumps({"envelope": {"event_id": str(uuid.uuid4()), "aggregate_id": str(order.id)}}),
+        meta=json.dumps({"envelope": {"event_id": str(uuid.uuid4()), "aggregate_id": str(order.id)}}),
         result=json.dumps({"exc_type": "GatewayUnavailable", "exc_message": ["down"]}),
     )  # fmt: skip
     out = io.StringIO()
