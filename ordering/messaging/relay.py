@@ -88,6 +88,9 @@ class OutboxRelay:
                 # of the whole envelope per message.
                 argsrepr="()",
                 kwargsrepr=f"{{envelope: {event.event_type} {event.id} order {event.aggregate_id}}}",
+                # Unroutable (a queue deleted under us) must fail, not be confirmed and dropped:
+                # the broker returns a mandatory message, py-amqp raises, nothing is marked.
+                mandatory=True,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
                 confirm_timeout=self.confirm_timeout,

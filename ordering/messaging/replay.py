@@ -173,6 +173,9 @@ def _republish(producer: Producer, message: Message, letter: DeadLetterMessage, 
         headers=headers,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
+        # If the queue is gone the broker returns the message (py-amqp raises) instead of
+        # confirming and dropping it, and the dead letter is not acked.
+        mandatory=True,
         retry=False,
         **properties,
     )

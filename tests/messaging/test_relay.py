@@ -91,3 +91,16 @@ def test_relay_wakes_on_commit_not_on_the_sweep(broker, user, settings):
         stop.set()
         thread.join(timeout=70)
     assert not thread.is_alive()
+
+
+def test_relay_never_marks_an_unroutable_event_published(broker, user):
+    """A deleted queue: the broker returns the message instead of dropping it; the relay retries."""
+    make_order(user)
+    relay = OutboxRelay(app)
+    relay._ensure_topology()
+    broker.default_channel.queue_delete(catalogue.BILLING_QUEUE)
+    with pytest.raises(Exception):  # noqa: B017 - the broker's return, raised by py-amqp
+        relay.publish_pending()
+    assert OutboxEvent.objects.filter(published_at__isnull=True).count() == 1
+    assert relay.publish_pending() == 1  # topology declared again, then published
+    assert len(drain(broker, catalogue.BILLING_QUEUE)) == 1

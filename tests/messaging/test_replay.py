@@ -129,3 +129,12 @@ def test_connection_is_the_apps(broker):
     # replay_dead_letters publishes with confirms: the app's transport options apply to it.
     with app.connection_for_write() as conn:
         assert conn.transport_options.get("confirm_publish") is True
+
+
+def test_replay_to_a_missing_queue_keeps_the_dead_letter(broker, monkeypatch):
+    put_dead_letter(broker)
+    monkeypatch.setattr(replay_module, "declare_topology", lambda connection: None)
+    broker.default_channel.queue_delete(catalogue.BILLING_QUEUE)
+    with pytest.raises(CommandError, match="could not be replayed"):
+        replay()
+    assert len(drain(broker, BILLING_DLQ)) == 1
