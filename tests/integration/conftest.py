@@ -2,6 +2,8 @@
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.db import connection
@@ -9,7 +11,7 @@ from django.db import connection
 from ordering.celery import app
 from ordering.messaging.topology import declare_topology
 from orders.models import Order
-from tests.processes import ProcessGroup, wait_until
+from tests.processes import ManagedProcess, ProcessGroup, wait_until
 
 # Short retry budget so the dead-letter paths run in seconds: 3 retries, 1 s then 2 s (jittered).
 WORKER_ENV = {
@@ -48,6 +50,21 @@ def system(django_db_setup, django_db_blocker, tmp_path_factory):
         yield group
     finally:
         group.stop_all()
+
+
+@contextmanager
+def reconfigured(process: ManagedProcess, **env: str) -> Iterator[ManagedProcess]:
+    """Run `process` with extra environment for the duration, then as it was."""
+    saved = process.env
+    process.stop()
+    process.env = {**saved, **env}
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        process.env = saved
+        process.start()
 
 
 def wait_for_status(order_id, *statuses: str, timeout: float = 30) -> Order:

@@ -14,7 +14,7 @@ from ordering.celery import app
 from ordering.messaging import selectors
 from ordering.messaging.models import DeadLetter
 from tests.conftest import make_order
-from tests.integration.conftest import RETRY_MAX, queue_depth, wait_for_status
+from tests.integration.conftest import RETRY_MAX, queue_depth, reconfigured, wait_for_status
 from tests.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -75,6 +75,24 @@ def test_outage_longer_than_retry_budget_is_dead_lettered_then_replayed(system, 
     wait_for_status(order.id, "PROCESSED", timeout=30)
     assert SimulatedCharge.objects.filter(idempotency_key=f"order-{order.id}").count() == 1
     assert selectors.dead_letter_resolved(DeadLetter.objects.get(pk=failure.pk))
+
+
+def test_task_over_its_soft_time_limit_is_retried_then_dead_lettered_not_lost(system, user):
+    # Every charge takes 4 s, the soft limit is 1 s: each attempt times out inside the gateway call.
+    with reconfigured(system["billing"], SIMULATED_GATEWAY_LATENCY_MS="4000", CELERY_TASK_SOFT_TIME_LIMIT="1"):
+        order = make_order(user)
+        wait_until(
+            lambda: selectors.dead_letters_for_order(str(order.id)),
+            timeout=60,
+            message="the timed-out task to be dead-lettered",
+        )
+    [failure] = selectors.dead_letters_for_order(str(order.id))
+    assert selectors.failure_summary(failure).startswith("SoftTimeLimitExceeded")
+    assert selectors.failure_attempts(failure) == RETRY_MAX + 1
+    assert f"order={order.id}" in replay("--dry-run", "--order", str(order.id))  # the message waits in the DLQ
+    replay("--order", str(order.id), "--reset-retries")
+    wait_for_status(order.id, "PROCESSED", timeout=30)
+    assert SimulatedCharge.objects.filter(idempotency_key=f"order-{order.id}").count() == 1
 
 
 @pytest.mark.parametrize(

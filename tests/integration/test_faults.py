@@ -11,7 +11,7 @@ from ordering.celery import app
 from ordering.messaging.models import OutboxEvent
 from ordering.messaging.relay import OutboxRelay
 from tests.conftest import make_order
-from tests.integration.conftest import rabbitmq_app, wait_for_status
+from tests.integration.conftest import rabbitmq_app, reconfigured, wait_for_status
 from tests.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -24,14 +24,8 @@ def charges_for(order) -> int:
 @pytest.fixture
 def slow_billing(system):
     """The billing worker with a 3 s gateway call, so a test can kill it mid-task."""
-    billing = system["billing"]
-    billing.stop()
-    billing.env = {**billing.env, "SIMULATED_GATEWAY_LATENCY_MS": "3000"}
-    billing.start()
-    yield billing
-    billing.stop()
-    billing.env = {k: v for k, v in billing.env.items() if k != "SIMULATED_GATEWAY_LATENCY_MS"}
-    billing.start()
+    with reconfigured(system["billing"], SIMULATED_GATEWAY_LATENCY_MS="3000") as billing:
+        yield billing
 
 
 def wait_for_billing_to_start(order) -> None:
