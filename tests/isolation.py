@@ -7,11 +7,11 @@ each other's rows or messages. A missing service is an error, never a skip.
 
 import os
 import shutil
-import socket
-import subprocess
 import uuid
 
 import pytest
+
+from tests.services import rabbitmqctl, reachable
 
 RUN_ID = uuid.uuid4().hex[:8]
 VHOST = f"ordering-test-{RUN_ID}"
@@ -24,23 +24,11 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 
-def _reachable(address: tuple[str, int]) -> bool:
-    try:
-        with socket.create_connection(address, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["rabbitmqctl", *args], check=check, capture_output=True, text=True, timeout=120)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     missing = []
-    if not _reachable(PG_ADDRESS):
+    if not reachable(*PG_ADDRESS):
         missing.append("PostgreSQL on 127.0.0.1:5432 (pg_ctlcluster <version> main start)")
-    if not _reachable(AMQP_ADDRESS):
+    if not reachable(*AMQP_ADDRESS):
         missing.append("RabbitMQ on 127.0.0.1:5672 (rabbitmq-server -detached)")
     if shutil.which("rabbitmqctl") is None:
         missing.append("rabbitmqctl on PATH (to create the test run's vhost)")
@@ -51,5 +39,5 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _reachable(AMQP_ADDRESS):
+    if reachable(*AMQP_ADDRESS):
         rabbitmqctl("delete_vhost", VHOST, check=False)

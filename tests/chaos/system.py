@@ -20,6 +20,7 @@ import requests
 from psycopg import sql
 
 from tests.processes import ProcessGroup
+from tests.services import rabbitmq_start_app, rabbitmqctl, reachable
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
@@ -44,18 +45,6 @@ PROCESS_ENV = {
     # A few ms per charge, so kills land inside the gateway call now and then.
     "SIMULATED_GATEWAY_LATENCY_MS": "20",
 }
-
-
-def reachable(host: str, port: int, timeout: float = 2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["rabbitmqctl", *args], check=check, capture_output=True, text=True, timeout=timeout)
 
 
 def pg_version() -> str:
@@ -93,8 +82,7 @@ class SharedServices:
         rabbitmqctl("stop_app")
 
     def broker_start(self) -> None:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        rabbitmq_start_app()
         self.broker_stopped = False
 
     def postgres_restart(self) -> None:

@@ -2,27 +2,20 @@
 
 import uuid
 
-import psycopg
 import pytest
 from django.db import OperationalError, connection
 from django_celery_results.models import TaskResult
 
 from ordering.celery import app
 from ordering.messaging.results import ResultBackend
+from tests.services import terminate_own_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def break_this_connection() -> None:
     """pg_terminate_backend this test's own connection, then fail a query on it, as a task would."""
-    connection.ensure_connection()
-    pid = connection.connection.info.backend_pid
-    settings = connection.settings_dict
-    with psycopg.connect(
-        host=settings["HOST"], port=settings["PORT"], user=settings["USER"] or "postgres", dbname="postgres",
-        autocommit=True,
-    ) as admin:  # fmt: skip
-        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    terminate_own_connection()
     with pytest.raises(OperationalError), connection.cursor() as cursor:
         cursor.execute("SELECT 1")
 

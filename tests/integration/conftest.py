@@ -1,7 +1,6 @@
 """Real relay and worker processes on the test run's database and RabbitMQ vhost."""
 
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -79,10 +78,3 @@ def wait_for_status(order_id, *statuses: str, timeout: float = 30) -> Order:
 def queue_depth(name: str) -> int:
     with app.connection_for_write() as conn:
         return conn.default_channel.queue_declare(queue=name, passive=True).message_count
-
-
-def rabbitmq_app(action: str) -> None:
-    """rabbitmqctl stop_app / start_app (start_app waits until the node serves again)."""
-    subprocess.run(["rabbitmqctl", action], check=True, capture_output=True, timeout=120)
-    if action == "start_app":
-        subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)

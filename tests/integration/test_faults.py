@@ -11,8 +11,9 @@ from ordering.celery import app
 from ordering.messaging.models import OutboxEvent
 from ordering.messaging.relay import OutboxRelay
 from tests.conftest import make_order
-from tests.integration.conftest import rabbitmq_app, reconfigured, wait_for_status
+from tests.integration.conftest import reconfigured, wait_for_status
 from tests.processes import wait_until
+from tests.services import rabbitmq_start_app, rabbitmqctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -78,7 +79,7 @@ def test_killed_worker_mid_task_is_redelivered_to_the_next_worker(slow_billing, 
 def test_orders_are_accepted_while_the_broker_is_down_and_processed_after(system, user, client):
     client.force_login(user)
     ids = []
-    rabbitmq_app("stop_app")
+    rabbitmqctl("stop_app")
     try:
         started = time.monotonic()
         for i in range(20):
@@ -91,7 +92,7 @@ def test_orders_are_accepted_while_the_broker_is_down_and_processed_after(system
             ids.append(response.json()["id"])
         accepting = time.monotonic() - started
     finally:
-        rabbitmq_app("start_app")
+        rabbitmq_start_app()
     assert accepting < 10, f"creating orders blocked on the broker ({accepting:.1f}s)"
     for order_id in ids:
         wait_for_status(order_id, "PROCESSED", timeout=90)

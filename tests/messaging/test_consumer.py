@@ -1,33 +1,25 @@
 """The consumer task's own behaviour, apart from any domain handler."""
 
-import psycopg
 import pytest
 from django.db import OperationalError, connection
 
 from ordering.messaging.consumer import ensure_usable_database, retry_countdown
 from orders.models import Order
+from tests.services import terminate_own_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def terminate_own_backend() -> None:
-    connection.ensure_connection()
-    pid = connection.connection.info.backend_pid
-    params = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
-    with psycopg.connect(**params, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-
-
 def test_a_connection_killed_by_a_database_restart_is_replaced_before_the_next_task():
     Order.objects.count()
-    terminate_own_backend()
+    terminate_own_connection()
     ensure_usable_database()
     assert Order.objects.count() == 0
 
 
 def test_without_the_check_the_killed_connection_fails_the_task():
     Order.objects.count()
-    terminate_own_backend()
+    terminate_own_connection()
     with pytest.raises(OperationalError):
         Order.objects.count()
     connection.close()
