@@ -114,17 +114,23 @@ def admin_connection() -> psycopg.Connection:
 
 @dataclass
 class ChaosEnvironment:
-    """The run's database and vhost, and the environment its processes get."""
+    """The run's database and vhost, and the environment its processes get.
+
+    `kind` names the run in the database and vhost; `process_env` is what its processes get on
+    top of this process's environment (the chaos run's retry policy by default).
+    """
 
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    kind: str = "chaos"
+    process_env: dict[str, str] = field(default_factory=lambda: dict(PROCESS_ENV))
 
     @property
     def database(self) -> str:
-        return f"ordering_chaos_{self.run_id}"
+        return f"ordering_{self.kind}_{self.run_id}"
 
     @property
     def vhost(self) -> str:
-        return f"ordering-chaos-{self.run_id}"
+        return f"ordering-{self.kind}-{self.run_id}"
 
     @property
     def database_url(self) -> str:
@@ -137,7 +143,7 @@ class ChaosEnvironment:
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            **PROCESS_ENV,
+            **self.process_env,
             "DATABASE_URL": self.database_url,
             "CELERY_BROKER_URL": self.broker_url,
             "DJANGO_SETTINGS_MODULE": "ordering.settings",

@@ -1,0 +1,1 @@
+"""The pipeline benchmark (`make bench`): throughput, latency and CPU per order, printed as numbers."""
