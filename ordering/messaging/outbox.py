@@ -16,7 +16,8 @@ from ordering.messaging.models import OutboxEvent
 
 logger = logging.getLogger(__name__)
 
-# Channel the relay LISTENs on; NOTIFY inside a transaction is delivered at commit, so the
+# Channel the relay LISTENs on. A statement trigger on the outbox table NOTIFYs it (migration
+# messaging 0003), so no writer can forget to; PostgreSQL delivers a NOTIFY at commit, so the
 # relay wakes exactly when there is something committed to publish.
 NOTIFY_CHANNEL = "ordering_outbox"
 
@@ -66,7 +67,7 @@ def write_staged_events(sender: type, instance: EventSourcedModel, raw: bool = F
 
 
 def outbox_record(events: Iterable[DomainEvent]) -> list[OutboxEvent]:
-    """Write events to the outbox in the current transaction and wake the relay at commit."""
+    """Write events to the outbox in the current transaction (the relay wakes at commit)."""
     now = timezone.now()
     rows = [
         OutboxEvent(
@@ -81,8 +82,6 @@ def outbox_record(events: Iterable[DomainEvent]) -> list[OutboxEvent]:
         for event in events
     ]
     OutboxEvent.objects.bulk_create(rows)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
     for row in rows:
         logger.info("outbox: recorded %s %s for %s", row.event_type, row.id, row.aggregate_id)
     return rows

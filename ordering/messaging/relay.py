@@ -1,41 +1,97 @@
 """The outbox relay: publishes committed outbox events to RabbitMQ as Celery task messages.
 
 Guarantees, and why they hold:
-- an event is marked published only after RabbitMQ confirmed every message of it (publisher
-  confirms, persistent messages, durable quorum queues);
-- a crash between confirm and mark republishes the event: consumers are idempotent, so a
+- an event is marked published only after RabbitMQ confirmed every message of it: the relay
+  takes a batch by marking it in a transaction, publishes the batch (persistent messages,
+  durable quorum queues), waits for the publisher confirms, and only then commits the mark; any
+  failure rolls the mark back;
+- a crash between confirm and commit republishes the event: consumers are idempotent, so a
   duplicate has no second effect;
-- several relays can run: each takes its batch with SELECT ... FOR UPDATE SKIP LOCKED, so no
-  two publish the same rows at the same time;
-- it wakes on the NOTIFY sent by each outbox write's commit, and sweeps every few seconds for
-  anything left behind by a crash or an outage.
+- several relays can run: each takes its batch with FOR UPDATE SKIP LOCKED, so no two publish
+  the same rows at the same time;
+- it wakes on the NOTIFY that each outbox insert's commit sends (a trigger on the table), and
+  sweeps every few seconds for anything left behind by a crash or an outage.
+
+A batch is whatever is committed and unpublished when the relay looks, up to RELAY_BATCH_SIZE:
+one event at low load, larger batches as load grows, never a wait to fill one.
 """
 
 import contextlib
+import json
 import logging
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from celery import Celery
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
-from django.utils import timezone
+from kombu import Connection
 
 from ordering import catalogue
+from ordering.messaging.envelope import Envelope
 from ordering.messaging.models import OutboxEvent
 from ordering.messaging.outbox import NOTIFY_CHANNEL
+from ordering.messaging.publisher import ConfirmedPublisher, OutgoingMessage, connection_for_confirmed_batches
 from ordering.messaging.topology import declare_topology
 
 logger = logging.getLogger(__name__)
+
+_CLAIM_SQL = f"""
+    UPDATE {OutboxEvent._meta.db_table}
+       SET published_at = now(), publish_attempts = publish_attempts + 1
+     WHERE id IN (SELECT id FROM {OutboxEvent._meta.db_table}
+                   WHERE published_at IS NULL
+                   ORDER BY created_at
+                   LIMIT %s
+                   FOR UPDATE SKIP LOCKED)
+ RETURNING id, event_type, version, aggregate_id, correlation_id, causation_id, payload, occurred_at, created_at
+"""
 
 
 def task_id_for(event_id: uuid.UUID, task_name: str) -> str:
     """Deterministic: republishing an event to a subscriber reuses the same task id."""
     return str(uuid.uuid5(event_id, task_name))
+
+
+def task_message(app: Celery, envelope: Envelope, task_name: str, queue: str) -> OutgoingMessage:
+    """The Celery task message (protocol 2) that delivers `envelope` to the consumer task `task_name`."""
+    task_id = task_id_for(envelope.event_id, task_name)
+    message = app.amqp.as_task_v2(
+        task_id,
+        task_name,
+        kwargs={"envelope": envelope.to_wire()},
+        # What Flower and worker logs show for the task; also spares Celery a saferepr of the
+        # whole envelope per message.
+        argsrepr="()",
+        kwargsrepr=f"{{envelope: {envelope.event_type} {envelope.event_id} order {envelope.aggregate_id}}}",
+        ignore_result=True,
+    )
+    return OutgoingMessage(
+        exchange=catalogue.EVENTS_EXCHANGE,
+        routing_key=queue,
+        body=json.dumps(message.body, separators=(",", ":")).encode(),
+        headers={**message.headers, "event_id": str(envelope.event_id), "event_type": envelope.event_type},
+        properties={
+            **message.properties,
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            "delivery_mode": 2,  # persistent
+            "priority": 0,
+        },
+    )
+
+
+def event_messages(app: Celery, envelope: Envelope) -> list[OutgoingMessage]:
+    """One task message per subscription of the event's type."""
+    return [
+        task_message(app, envelope, subscription.task_name, subscription.queue)
+        for subscription in catalogue.subscriptions_for(envelope.event_type)
+    ]
 
 
 class OutboxRelay:
@@ -48,61 +104,57 @@ class OutboxRelay:
         self.backoff_max = messaging["RELAY_ERROR_BACKOFF_MAX_SECONDS"]
         self.heartbeat = Path(messaging["RELAY_HEARTBEAT_FILE"]) if messaging["RELAY_HEARTBEAT_FILE"] else None
         self._listener: psycopg.Connection | None = None
-        self._topology_declared = False
+        self._broker: Connection | None = None
+        self._publisher: ConfirmedPublisher | None = None
 
     def publish_pending(self) -> int:
         """Publish one batch of unpublished events; returns how many were published."""
-        self._ensure_topology()
         with transaction.atomic():
-            events = list(
-                OutboxEvent.objects.select_for_update(skip_locked=True)
-                .filter(published_at__isnull=True)
-                .order_by("created_at")[: self.batch_size]
-            )
-            if not events:
+            with connection.cursor() as cursor:
+                cursor.execute(_CLAIM_SQL, [self.batch_size])
+                rows = cursor.fetchall()
+            if not rows:
                 return 0
+            envelopes = [_envelope(row) for row in sorted(rows, key=lambda row: row[-1])]
+            messages = [message for envelope in envelopes for message in event_messages(self.app, envelope)]
             try:
-                with self.app.producer_or_acquire() as producer:
-                    for event in events:
-                        self._publish(producer, event)
+                self._confirmed_publisher().publish(messages)
             except Exception:
-                self._topology_declared = False
+                self._disconnect()
                 raise
-            OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).update(
-                published_at=timezone.now(), publish_attempts=F("publish_attempts") + 1
-            )
-        return len(events)
+            # Leaving the block commits the mark: only now, after every confirm.
+        if logger.isEnabledFor(logging.DEBUG):
+            for envelope in envelopes:
+                logger.debug("relay: published %s %s", envelope.event_type, envelope.event_id)
+        return len(envelopes)
 
-    def _publish(self, producer, event: OutboxEvent) -> None:
-        envelope = event.envelope().to_wire()
-        for subscription in catalogue.subscriptions_for(event.event_type):
-            # send_task returns once RabbitMQ confirmed (confirm_publish) or raises.
-            self.app.send_task(
-                subscription.task_name,
-                kwargs={"envelope": envelope},
-                task_id=task_id_for(event.id, subscription.task_name),
-                queue=subscription.queue,
-                producer=producer,
-                headers={"event_id": str(event.id), "event_type": event.event_type},
-                # What Flower and worker logs show for the task; also spares Celery a saferepr
-                # of the whole envelope per message.
-                argsrepr="()",
-                kwargsrepr=f"{{envelope: {event.event_type} {event.id} order {event.aggregate_id}}}",
-                # Unroutable (a queue deleted under us) must fail, not be confirmed and dropped:
-                # the broker returns a mandatory message, py-amqp raises, nothing is marked.
-                mandatory=True,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-                confirm_timeout=self.confirm_timeout,
-            )
-        logger.info("relay: published %s %s", event.event_type, event.id)
+    def connect(self) -> None:
+        """Connect to the broker and declare the topology (publish_pending does it when it must)."""
+        self._confirmed_publisher()
 
-    def _ensure_topology(self) -> None:
-        if not self._topology_declared:
-            with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1)
-                declare_topology(conn)
-            self._topology_declared = True
+    def _confirmed_publisher(self) -> ConfirmedPublisher:
+        if self._publisher is None:
+            broker = connection_for_confirmed_batches(self.app)
+            broker.heartbeat = self.app.conf.broker_heartbeat
+            broker.ensure_connection(max_retries=1)
+            # Every (re)connection declares the topology: the broker may have lost it, and a
+            # message rejected towards a missing dead-letter exchange vanishes.
+            declare_topology(broker)
+            self._broker = broker
+            self._publisher = ConfirmedPublisher(broker, confirm_timeout=self.confirm_timeout)
+        return self._publisher
+
+    def _disconnect(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self._broker.release()
+        self._publisher = self._broker = None
+
+    def _heartbeat_check(self) -> None:
+        if self._broker is not None:
+            self._broker.heartbeat_check()
 
     def _listen(self) -> None:
         """LISTEN before the first sweep, so no commit between sweep and wait goes unnoticed."""
@@ -114,10 +166,17 @@ class OutboxRelay:
             self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
     def _wait_for_notify(self, timeout: float, stop: threading.Event) -> None:
-        """Return on the first NOTIFY, after `timeout` (the sweep), or soon after `stop` is set."""
+        """Return after a NOTIFY, after `timeout` (the sweep), or soon after `stop` is set.
+
+        Every NOTIFY already received is consumed too: the batch that follows covers all of
+        their commits, and a stale one would only wake the relay for an empty batch.
+        """
         deadline = time.monotonic() + timeout
         while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            for _ in self._listener.notifies(timeout=min(left, 0.5), stop_after=1):
+            self._heartbeat_check()
+            if any(True for _ in self._listener.notifies(timeout=min(left, 0.5), stop_after=1)):
+                for _ in self._listener.notifies(timeout=0):
+                    pass
                 return
 
     def _close(self) -> None:
@@ -125,6 +184,7 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 self._listener.close()
             self._listener = None
+        self._disconnect()
         connection.close()
 
     def run(self, stop: threading.Event) -> None:
@@ -149,3 +209,17 @@ class OutboxRelay:
                 backoff = min(backoff * 2, self.backoff_max)
         self._close()
         logger.info("relay: stopped")
+
+
+def _envelope(row: tuple[Any, ...]) -> Envelope:
+    event_id, event_type, version, aggregate_id, correlation_id, causation_id, payload, occurred_at, _ = row
+    return Envelope(
+        event_id=event_id,
+        event_type=event_type,
+        version=version,
+        occurred_at=occurred_at if isinstance(occurred_at, datetime) else datetime.fromisoformat(occurred_at),
+        aggregate_id=aggregate_id,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        payload=payload if isinstance(payload, dict) else json.loads(payload),
+    )

@@ -185,18 +185,13 @@ def _with_db[T](func: Callable[[], T]) -> T:
 
 def duplicate_deliveries(ctx: FaultContext) -> dict:
     """Republish copies of real, already published messages (same event id, same task id)."""
-    from ordering.celery import app
     from ordering.messaging.models import OutboxEvent
-    from ordering.messaging.relay import OutboxRelay
+    from tests.services import publish_copies
 
     events = _with_db(
         lambda: list(OutboxEvent.objects.filter(published_at__isnull=False).order_by("?")[:DUPLICATES_PER_FAULT])
     )
-    relay = OutboxRelay(app)
-    connection, producer = _producer()
-    with connection:
-        for event in events:
-            relay._publish(producer, event)
+    publish_copies(events)
     copies = [{"event_id": str(e.id), "event_type": e.event_type} for e in events]
     ctx.duplicates.extend(copies)
     return {"copies": len(copies)}

@@ -7,13 +7,11 @@ import pytest
 from django.utils import timezone
 
 from billing.models import SimulatedCharge, SimulatedGatewayOutage
-from ordering.celery import app
 from ordering.messaging.models import OutboxEvent
-from ordering.messaging.relay import OutboxRelay
 from tests.conftest import make_order
 from tests.integration.conftest import reconfigured, wait_for_status
 from tests.processes import wait_until
-from tests.services import rabbitmq_start_app, rabbitmqctl
+from tests.services import publish_copies, rabbitmq_start_app, rabbitmqctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -40,10 +38,7 @@ def test_duplicate_deliveries_charge_once(system, user):
     order = make_order(user)
     wait_for_status(order.id, "PROCESSED")
     event = OutboxEvent.objects.get(aggregate_id=str(order.id), event_type="orders.order.created")
-    relay = OutboxRelay(app)
-    with app.producer_or_acquire() as producer:
-        for _ in range(3):  # three more copies of the same message, consumed concurrently
-            relay._publish(producer, event)
+    publish_copies([event] * 3)  # three more copies of the same message, consumed concurrently
     billing = system["billing"]
     wait_until(
         lambda: billing.log_text().count(f"duplicate {event.id} ignored") == 3,
