@@ -1,4 +1,9 @@
-"""Events billing publishes: one per outcome of billing an order."""
+"""Events billing publishes: one per outcome of billing an order.
+
+Each outcome carries fraud's decision on the order (score and the rules hit), so the decision
+reaches orders by one route, with the outcome it led to. Version 1 of each type, from before
+that, is still read by the consumers: such messages may wait in a queue or an outbox table.
+"""
 
 from dataclasses import dataclass
 
@@ -8,8 +13,49 @@ from ordering.messaging.envelope import DomainEvent
 
 @dataclass(frozen=True)
 class PaymentCaptured(DomainEvent):
-    """The buyer was charged `amount` (decimal string) once; the order is paid."""
+    """The buyer was charged `amount` (decimal string) once; the order is paid. Fraud approved it."""
 
+    event_type = catalogue.PAYMENT_CAPTURED
+    version = 2
+
+    payment_id: str
+    amount: str
+    currency: str
+    gateway_reference: str
+    fraud_score: int
+    fraud_reasons: list
+
+
+@dataclass(frozen=True)
+class PaymentDeclined(DomainEvent):
+    """The gateway refused the charge (a business outcome, not a technical failure). Fraud approved it."""
+
+    event_type = catalogue.PAYMENT_DECLINED
+    version = 2
+
+    payment_id: str
+    reason: str
+    fraud_score: int
+    fraud_reasons: list
+
+
+@dataclass(frozen=True)
+class PaymentBlocked(DomainEvent):
+    """Fraud rejected the order: nothing was charged; fraud_reasons name the rules hit."""
+
+    event_type = catalogue.PAYMENT_BLOCKED
+    version = 2
+
+    payment_id: str
+    fraud_score: int
+    fraud_reasons: list
+
+
+# --- Version 1: no longer published, still consumed --------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentCapturedV1(DomainEvent):
     event_type = catalogue.PAYMENT_CAPTURED
     version = 1
 
@@ -20,9 +66,7 @@ class PaymentCaptured(DomainEvent):
 
 
 @dataclass(frozen=True)
-class PaymentDeclined(DomainEvent):
-    """The gateway refused the charge (a business outcome, not a technical failure)."""
-
+class PaymentDeclinedV1(DomainEvent):
     event_type = catalogue.PAYMENT_DECLINED
     version = 1
 
@@ -31,9 +75,7 @@ class PaymentDeclined(DomainEvent):
 
 
 @dataclass(frozen=True)
-class PaymentBlocked(DomainEvent):
-    """Fraud rejected the order: nothing was charged; reasons name the fraud rules hit."""
-
+class PaymentBlockedV1(DomainEvent):
     event_type = catalogue.PAYMENT_BLOCKED
     version = 1
 

@@ -1,6 +1,7 @@
 """Payments (one per order, charged at most once) and the simulated gateway's own records."""
 
 import uuid
+from decimal import Decimal
 
 from django.db import models
 from django.utils import timezone
@@ -57,7 +58,20 @@ class Payment(EventSourcedModel):
     def idempotency_key_for(order_id: str) -> str:
         return f"order-{order_id}"
 
-    def capture(self, *, gateway_reference: str) -> None:
+    @classmethod
+    def open(cls, *, order_id: str, amount: Decimal, currency: str, buyer: str) -> "Payment":
+        """A payment about to be charged (fraud approved it), under the order's idempotency key."""
+        return cls(
+            order_id=order_id,
+            amount=amount,
+            currency=currency,
+            buyer=buyer,
+            idempotency_key=cls.idempotency_key_for(order_id),
+        )
+
+    # Each outcome carries fraud's decision (score, rules hit): orders learns it from the outcome.
+
+    def capture(self, *, gateway_reference: str, fraud_score: int, fraud_reasons: list[str]) -> None:
         self._require_charging()
         self.status = PaymentStatus.CAPTURED
         self.gateway_reference = gateway_reference
@@ -68,20 +82,37 @@ class Payment(EventSourcedModel):
                 amount=str(self.amount),
                 currency=self.currency,
                 gateway_reference=gateway_reference,
+                fraud_score=fraud_score,
+                fraud_reasons=fraud_reasons,
             )
         )
 
-    def decline(self, *, reason: str) -> None:
+    def decline(self, *, reason: str, fraud_score: int, fraud_reasons: list[str]) -> None:
         self._require_charging()
         self.status = PaymentStatus.DECLINED
         self.outcome_reason = reason
-        self.stage_event(PaymentDeclined(order_id=str(self.order_id), payment_id=str(self.id), reason=reason))
+        self.stage_event(
+            PaymentDeclined(
+                order_id=str(self.order_id),
+                payment_id=str(self.id),
+                reason=reason,
+                fraud_score=fraud_score,
+                fraud_reasons=fraud_reasons,
+            )
+        )
 
-    def block(self, *, reasons: list[str]) -> None:
+    def block(self, *, fraud_score: int, fraud_reasons: list[str]) -> None:
         self._require_charging()
         self.status = PaymentStatus.BLOCKED
-        self.outcome_reason = ", ".join(reasons)
-        self.stage_event(PaymentBlocked(order_id=str(self.order_id), payment_id=str(self.id), reasons=reasons))
+        self.outcome_reason = ", ".join(fraud_reasons)
+        self.stage_event(
+            PaymentBlocked(
+                order_id=str(self.order_id),
+                payment_id=str(self.id),
+                fraud_score=fraud_score,
+                fraud_reasons=fraud_reasons,
+            )
+        )
 
     def _require_charging(self) -> None:
         if self.status != PaymentStatus.CHARGING:

@@ -1,4 +1,4 @@
-"""Billing services: bill an order exactly once, whatever is redelivered or crashes when."""
+"""Billing services: bill each order exactly once, whatever is redelivered or crashes when."""
 
 import logging
 from datetime import datetime
@@ -6,78 +6,108 @@ from decimal import Decimal
 
 from django.db import transaction
 
-from billing.gateways import get_gateway
+from billing.gateways import ChargeResult, get_gateway
 from billing.models import Payment, PaymentStatus
-from fraud.services import fraud_check_order
+from fraud.services import FraudVerdict, OrderToCheck, fraud_check_orders
+from ordering.messaging.consumer import EventBatch
 from ordering.messaging.envelope import Envelope
-from ordering.messaging.inbox import inbox_has, inbox_record
 from orders.events import OrderCreated
 
 logger = logging.getLogger(__name__)
 
 
-def billing_handle_order_created(*, consumer: str, envelope: Envelope) -> None:
-    """Fraud check, then charge or block, then record the outcome event.
+def billing_bill_orders(batch: EventBatch) -> None:
+    """Fraud check, then charge or block, then record each outcome: a batch of new orders at a time.
 
     Three steps, so the gateway call is never inside a database transaction:
-    1. (transaction) the payment row and fraud's decision; a fraud rejection ends here;
-    2. the charge, with the payment's idempotency key: a repeat after a crash charges nothing;
-    3. (transaction) the outcome, its outbox event and the inbox row.
-    A redelivery at any point resumes from the state the payment is in.
+    1. (transaction) a payment per order not seen before, after fraud's decision; a rejection
+       blocks the payment and records its outcome and inbox row right there;
+    2. the charges, each with its payment's idempotency key: a repeat after a crash charges nothing;
+    3. (transaction) the inbox rows, then each outcome and its outbox event.
+    A redelivery at any point resumes from the state its payment is in. Duplicates that run at the
+    same time serialise on their inbox row in step 3; copies of one order under different event
+    ids serialise on the payment row.
     """
-    if inbox_has(consumer=consumer, event_id=envelope.event_id):
-        logger.info("billing: duplicate %s ignored", envelope.event_id)
+    orders = [(envelope, envelope.event(OrderCreated)) for envelope in batch.envelopes]
+    payments, checks = _open_payments(batch, orders)
+    charging = {order_id: p for order_id, p in payments.items() if p.status == PaymentStatus.CHARGING}
+    if not charging:
         return
-    order = envelope.event(OrderCreated)
-    payment = _payment_after_fraud_check(consumer=consumer, envelope=envelope, order=order)
-    if payment is None:
-        return
-    result = get_gateway().charge(
-        idempotency_key=payment.idempotency_key,
-        amount=payment.amount,
-        currency=payment.currency,
-        buyer=payment.buyer,
-    )
+    gateway = get_gateway()
+    results = {
+        order_id: gateway.charge(
+            idempotency_key=payment.idempotency_key,
+            amount=payment.amount,
+            currency=payment.currency,
+            buyer=payment.buyer,
+        )
+        for order_id, payment in charging.items()
+    }
     with transaction.atomic():
-        payment = Payment.objects.select_for_update().get(pk=payment.pk)
-        if payment.status == PaymentStatus.CHARGING:
-            if result.succeeded:
-                payment.capture(gateway_reference=result.reference)
+        fresh = batch.claim([envelope for envelope, order in orders if order.order_id in results])
+        locked = Payment.objects.select_for_update().in_bulk([charging[e.aggregate_id].pk for e in fresh])
+        for envelope, _ in batch.each(fresh, OrderCreated):
+            order_id = envelope.aggregate_id
+            _record_outcome(locked[charging[order_id].pk], results[order_id], checks[order_id])
+
+
+def _open_payments(
+    batch: EventBatch, orders: list[tuple[Envelope, OrderCreated]]
+) -> tuple[dict[str, Payment], dict[str, FraudVerdict]]:
+    """Step 1: every order's payment, opened for orders seen the first time, and fraud's decisions.
+
+    Fraud decides on the new orders; a payment still charging (an earlier delivery stopped
+    before its outcome) gets the decision fraud made then.
+    """
+    with transaction.atomic():
+        payments = {
+            str(p.order_id): p
+            for p in Payment.objects.select_for_update().filter(order_id__in={o.order_id for _, o in orders})
+        }
+        new = {order.order_id: (envelope, order) for envelope, order in orders if order.order_id not in payments}
+        to_check = {
+            order.order_id: order
+            for _, order in orders
+            if order.order_id in new or payments[order.order_id].status == PaymentStatus.CHARGING
+        }
+        checks = fraud_check_orders(
+            orders=[
+                OrderToCheck(
+                    order_id=order.order_id,
+                    buyer=order.buyer,
+                    amount=Decimal(order.amount),
+                    currency=order.currency,
+                    order_created_at=datetime.fromisoformat(order.created_at),
+                )
+                for order in to_check.values()
+            ]
+        )
+        opened = []
+        for _, order in batch.each([envelope for envelope, _ in new.values()], OrderCreated):
+            payment = Payment.open(
+                order_id=order.order_id, amount=Decimal(order.amount), currency=order.currency, buyer=order.buyer
+            )
+            check = checks[order.order_id]
+            if check.rejected:
+                payment.block(fraud_score=check.score, fraud_reasons=check.reasons)
+                payment.save()
+                logger.info("billing: order %s blocked by fraud: %s", order.order_id, check.reasons)
             else:
-                payment.decline(reason=result.decline_reason)
-            payment.save()
-            logger.info("billing: order %s %s", order.order_id, payment.status)
-        inbox_record(consumer=consumer, envelope=envelope)
+                opened.append(payment)
+            payments[order.order_id] = payment
+        Payment.objects.bulk_create(opened)
+        # Orders whose billing is over (blocked now, or by an earlier delivery): nothing more to do.
+        batch.claim([envelope for envelope, order in orders if payments[order.order_id].is_final])
+    return payments, checks
 
 
-def _payment_after_fraud_check(*, consumer: str, envelope: Envelope, order: OrderCreated) -> Payment | None:
-    """The payment to charge, or None when there is nothing (more) to charge."""
-    amount = Decimal(order.amount)
-    with transaction.atomic():
-        payment, _created = Payment.objects.select_for_update().get_or_create(
-            order_id=order.order_id,
-            defaults={
-                "amount": amount,
-                "currency": order.currency,
-                "buyer": order.buyer,
-                "idempotency_key": Payment.idempotency_key_for(order.order_id),
-            },
-        )
-        if payment.is_final:
-            # Work done by an earlier delivery; its outcome event was written with it.
-            inbox_record(consumer=consumer, envelope=envelope)
-            return None
-        check = fraud_check_order(
-            order_id=order.order_id,
-            buyer=order.buyer,
-            amount=amount,
-            currency=order.currency,
-            order_created_at=datetime.fromisoformat(order.created_at),
-        )
-        if check.rejected:
-            payment.block(reasons=check.reasons)
-            payment.save()
-            inbox_record(consumer=consumer, envelope=envelope)
-            logger.info("billing: order %s blocked by fraud: %s", order.order_id, check.reasons)
-            return None
-    return payment
+def _record_outcome(payment: Payment, result: ChargeResult, check: FraudVerdict) -> None:
+    """Step 3 for one payment, locked: captured or declined, with its outcome event."""
+    if payment.status != PaymentStatus.CHARGING:
+        return  # another event of the same order recorded it first
+    if result.succeeded:
+        payment.capture(gateway_reference=result.reference, fraud_score=check.score, fraud_reasons=check.reasons)
+    else:
+        payment.decline(reason=result.decline_reason, fraud_score=check.score, fraud_reasons=check.reasons)
+    payment.save(update_fields=["status", "gateway_reference", "outcome_reason", "updated_at"])
+    logger.info("billing: order %s %s", payment.order_id, payment.status)

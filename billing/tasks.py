@@ -5,12 +5,13 @@ gateway's idempotency key per payment. Side effects: a FraudCheck, a Payment, at
 charge at the gateway, and one outcome event (captured, declined or blocked).
 """
 
-from billing.services import billing_handle_order_created
+from billing.services import billing_bill_orders
 from ordering import catalogue
-from ordering.messaging.consumer import event_consumer
-from ordering.messaging.envelope import Envelope
+from ordering.messaging.consumer import EventBatch, event_consumer
 
 
-@event_consumer(name=catalogue.BILLING_HANDLE_ORDER_CREATED, event_type=catalogue.ORDER_CREATED)
-def handle_order_created(envelope: Envelope, consumer: str) -> None:
-    billing_handle_order_created(consumer=consumer, envelope=envelope)
+@event_consumer(name=catalogue.BILLING_HANDLE_ORDER_CREATED, event_type=catalogue.ORDER_CREATED, transactional=False)
+def handle_order_created(batch: EventBatch) -> None:
+    # Not transactional: the gateway call sits between billing's two transactions, and the
+    # service claims the inbox rows in the transaction of each outcome.
+    billing_bill_orders(batch)

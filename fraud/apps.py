@@ -1,10 +1,7 @@
-"""App config for fraud; connects the outbox hook."""
+"""App config for fraud."""
 
 from django.apps import AppConfig
 
 
 class FraudConfig(AppConfig):
     name = "fraud"
-
-    def ready(self) -> None:
-        from fraud import signals  # noqa: F401

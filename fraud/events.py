@@ -1,4 +1,9 @@
-"""Events fraud publishes: its contract with the other apps."""
+"""Events fraud has published: its contract with the other apps.
+
+Fraud's decision now reaches orders inside billing's outcome event (billing/events.py), the one
+route for that fact. FraudCheckCompleted is no longer published; orders keeps consuming it while
+messages of it may still wait in a queue or an outbox table.
+"""
 
 from dataclasses import dataclass
 

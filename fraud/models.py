@@ -1,12 +1,13 @@
-"""Fraud checks (one per order, immutable) and the buyer blocklist."""
+"""Fraud checks (one per order, immutable) and the buyer blocklist.
+
+A check emits no event of its own: billing, which asks for it, carries the decision in its
+outcome event.
+"""
 
 from decimal import Decimal
 
 from django.db import models
 from django.utils import timezone
-
-from fraud.events import FraudCheckCompleted
-from ordering.messaging.outbox import EventSourcedModel
 
 
 class FraudDecision(models.TextChoices):
@@ -14,7 +15,7 @@ class FraudDecision(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
-class FraudCheck(EventSourcedModel):
+class FraudCheck(models.Model):
     order_id = models.UUIDField(unique=True)
     buyer = models.CharField(max_length=254)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
@@ -48,7 +49,7 @@ class FraudCheck(EventSourcedModel):
         reasons: list[str],
         score: int,
     ) -> "FraudCheck":
-        check = cls(
+        return cls(
             order_id=order_id,
             buyer=buyer,
             amount=amount,
@@ -58,10 +59,6 @@ class FraudCheck(EventSourcedModel):
             score=score,
             reasons=reasons,
         )
-        check.stage_event(
-            FraudCheckCompleted(order_id=str(order_id), decision=check.decision, score=score, reasons=reasons)
-        )
-        return check
 
 
 class BlockedBuyer(models.Model):

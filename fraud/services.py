@@ -1,65 +1,129 @@
-"""Fraud's public service: billing calls `fraud_check_order` synchronously inside its consumer.
+"""Fraud's public service: billing calls `fraud_check_orders` synchronously inside its consumer.
 
 This is the one place another app calls into fraud directly: the seed design couples billing
 tightly to fraud ("any indication of fraud should cancel the order right away").
 """
 
 import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 
-from fraud.models import BlockedBuyer, FraudCheck
+from fraud.models import BlockedBuyer, FraudCheck, FraudDecision
 
 logger = logging.getLogger(__name__)
 
 RULE_SCORES = {"buyer_blocked": 100, "amount_over_limit": 80, "velocity_exceeded": 60}
 
 
-@transaction.atomic
+@dataclass(frozen=True)
+class OrderToCheck:
+    order_id: str
+    buyer: str
+    amount: Decimal
+    currency: str
+    order_created_at: datetime
+
+
+@dataclass(frozen=True)
+class FraudVerdict:
+    """Fraud's decision on one order, as other apps see it."""
+
+    order_id: str
+    decision: str
+    score: int
+    reasons: list[str]
+
+    @property
+    def rejected(self) -> bool:
+        return self.decision == FraudDecision.REJECTED
+
+    @classmethod
+    def of(cls, check: FraudCheck) -> "FraudVerdict":
+        return cls(order_id=str(check.order_id), decision=check.decision, score=check.score, reasons=check.reasons)
+
+
+@transaction.atomic(savepoint=False)
+def fraud_check_orders(*, orders: Sequence[OrderToCheck]) -> dict[str, FraudVerdict]:
+    """Decide on each order once; an order decided before gets its first decision back.
+
+    Checks of one buyer are serialised (an advisory lock per buyer, held to the end of the
+    caller's transaction), so two concurrent orders cannot both slip under the velocity limit;
+    orders of one buyer in the same call count for each other in creation order.
+    """
+    if not orders:
+        return {}
+    buyers = sorted({order.buyer for order in orders})
+    with connection.cursor() as cursor:
+        # One fixed order (sorted) for every caller: two batches sharing buyers cannot deadlock.
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('fraud:' || b, 0)) FROM unnest(%s::text[]) AS b",
+            [buyers],
+        )
+    window = timedelta(minutes=settings.FRAUD_VELOCITY_WINDOW_MINUTES)
+    ids = [order.order_id for order in orders]
+    blocked = set(BlockedBuyer.objects.filter(buyer__in=buyers).values_list("buyer", flat=True))
+    earlier = FraudCheck.objects.filter(
+        Q(
+            buyer__in=buyers,
+            order_created_at__gt=min(o.order_created_at for o in orders) - window,
+            order_created_at__lte=max(o.order_created_at for o in orders),
+        )
+        | Q(order_id__in=ids)
+    ).values_list("order_id", "buyer", "order_created_at")
+    checked_at: dict[str, list[datetime]] = defaultdict(list)
+    decided_before = set()
+    for order_id, buyer, created_at in earlier:
+        checked_at[buyer].append(created_at)
+        decided_before.add(str(order_id))
+    checks = {str(c.order_id): c for c in FraudCheck.objects.filter(order_id__in=decided_before & set(ids))}
+    new = []
+    for order in sorted(orders, key=lambda o: o.order_created_at):
+        if order.order_id in checks:
+            continue
+        recent = sum(
+            1 for t in checked_at[order.buyer] if order.order_created_at - window < t <= order.order_created_at
+        )
+        reasons = _rules_hit(blocked=order.buyer in blocked, amount=order.amount, recent=recent)
+        check = FraudCheck.decide(
+            order_id=order.order_id,
+            buyer=order.buyer,
+            amount=order.amount,
+            currency=order.currency,
+            order_created_at=order.order_created_at,
+            reasons=reasons,
+            score=min(100, sum(RULE_SCORES[r] for r in reasons)),
+        )
+        checked_at[order.buyer].append(order.order_created_at)
+        checks[order.order_id] = check
+        new.append(check)
+        logger.info("fraud: order %s %s %s", order.order_id, check.decision, reasons or "")
+    # A concurrent first decision on one of these orders would fail this insert on the unique
+    # order id, and the caller's transaction with it: the retry then finds that decision.
+    FraudCheck.objects.bulk_create(new)
+    return {order_id: FraudVerdict.of(check) for order_id, check in checks.items()}
+
+
 def fraud_check_order(
     *, order_id: str, buyer: str, amount: Decimal, currency: str, order_created_at: datetime
-) -> FraudCheck:
-    """Decide on an order once; later calls return the same decision (idempotent per order).
-
-    Checks of one buyer are serialised (advisory lock), so two concurrent orders cannot both
-    slip under the velocity limit.
-    """
-    existing = FraudCheck.objects.filter(order_id=order_id).first()
-    if existing:
-        return existing
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"fraud:{buyer}"])
-    existing = FraudCheck.objects.filter(order_id=order_id).first()
-    if existing:
-        return existing
-    reasons = _rules_hit(buyer=buyer, amount=amount, order_created_at=order_created_at)
-    check = FraudCheck.decide(
-        order_id=order_id,
-        buyer=buyer,
-        amount=amount,
-        currency=currency,
-        order_created_at=order_created_at,
-        reasons=reasons,
-        score=min(100, sum(RULE_SCORES[r] for r in reasons)),
-    )
-    check.save()
-    logger.info("fraud: order %s %s %s", order_id, check.decision, reasons or "")
-    return check
+) -> FraudVerdict:
+    """Decide on one order (see fraud_check_orders)."""
+    order = OrderToCheck(order_id, buyer, amount, currency, order_created_at)
+    return fraud_check_orders(orders=[order])[order_id]
 
 
-def _rules_hit(*, buyer: str, amount: Decimal, order_created_at: datetime) -> list[str]:
+def _rules_hit(*, blocked: bool, amount: Decimal, recent: int) -> list[str]:
     reasons = []
-    if BlockedBuyer.objects.filter(buyer=buyer).exists():
+    if blocked:
         reasons.append("buyer_blocked")
     if amount > settings.FRAUD_AMOUNT_LIMIT:
         reasons.append("amount_over_limit")
-    window = timedelta(minutes=settings.FRAUD_VELOCITY_WINDOW_MINUTES)
-    recent = FraudCheck.objects.filter(
-        buyer=buyer, order_created_at__gt=order_created_at - window, order_created_at__lte=order_created_at
-    ).count()
     if recent >= settings.FRAUD_VELOCITY_MAX_ORDERS:
         reasons.append("velocity_exceeded")
     return reasons

@@ -14,12 +14,14 @@ PAYMENT_CAPTURED = "billing.payment.captured"
 PAYMENT_DECLINED = "billing.payment.declined"
 PAYMENT_BLOCKED = "billing.payment.blocked"
 
+# Versions published today are the highest of each type; older ones are still consumed.
+# FRAUD_CHECK_COMPLETED is no longer published (the outcome events carry fraud's decision).
 EVENT_VERSIONS: dict[str, frozenset[int]] = {
     ORDER_CREATED: frozenset({1}),
     FRAUD_CHECK_COMPLETED: frozenset({1}),
-    PAYMENT_CAPTURED: frozenset({1}),
-    PAYMENT_DECLINED: frozenset({1}),
-    PAYMENT_BLOCKED: frozenset({1}),
+    PAYMENT_CAPTURED: frozenset({1, 2}),
+    PAYMENT_DECLINED: frozenset({1, 2}),
+    PAYMENT_BLOCKED: frozenset({1, 2}),
 }
 
 # --- RabbitMQ names ----------------------------------------------------------------------------

@@ -176,7 +176,10 @@ CELERY_TASK_ACKS_ON_TIMEOUT = False
 # A killed pool process requeues its message; the quorum queue's x-delivery-limit bounds the loop
 # and dead-letters a message that keeps killing workers.
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Consumers take every waiting message of a pool process's turn as one batch (up to
+# CONSUMER_BATCH_MAX, ordering/messaging/batching.py): each pool process may hold one batch.
+CONSUMER_BATCH_MAX = env.int("CONSUMER_BATCH_MAX", default=32)
+CELERY_WORKER_PREFETCH_MULTIPLIER = CONSUMER_BATCH_MAX
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=30)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=60)
@@ -205,6 +208,8 @@ MESSAGING = {
     # Deliveries of one message before RabbitMQ dead-letters it (quorum queue x-delivery-limit):
     # the guard against a message that kills its worker every time.
     "DELIVERY_LIMIT": env.int("QUEUE_DELIVERY_LIMIT", default=10),
+    # Messages one pool process handles in one batch, at most (one transaction, one commit).
+    "CONSUMER_BATCH_MAX": CONSUMER_BATCH_MAX,
     "RELAY_BATCH_SIZE": env.int("RELAY_BATCH_SIZE", default=100),
     "RELAY_SWEEP_SECONDS": env.float("RELAY_SWEEP_SECONDS", default=2.0),
     "RELAY_CONFIRM_TIMEOUT_SECONDS": env.float("RELAY_CONFIRM_TIMEOUT_SECONDS", default=10.0),

@@ -75,6 +75,12 @@ class Order(EventSourcedModel):
             )
         )
 
+    def record_fraud_decision(self, *, decision: str, score: int, reasons: list[str]) -> None:
+        """What fraud decided, as reported by billing's outcome (orders never reads fraud's tables)."""
+        self.fraud_decision = decision
+        self.fraud_score = score
+        self.fraud_reasons = reasons
+
     @transition(field=status, source=OrderStatus.PENDING, target=OrderStatus.PROCESSED)
     def mark_processed(self, *, payment_reference: str) -> None:
         self.payment_reference = payment_reference

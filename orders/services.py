@@ -1,17 +1,18 @@
 """Order services: create an order, apply the outcomes other apps report about it."""
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django_fsm import TransitionNotAllowed
 
 from ordering.messaging.context import current_correlation_id
-from ordering.messaging.envelope import Envelope
 from ordering.messaging.errors import PermanentError
-from ordering.messaging.inbox import inbox_record
-from orders.models import Order, OrderStatus
+from orders.models import Order
 
 logger = logging.getLogger(__name__)
 
@@ -45,55 +46,72 @@ def order_create(
     return order
 
 
-def order_apply_outcome(*, consumer: str, envelope: Envelope, target: OrderStatus, **details: str) -> None:
-    """Move an order to the terminal status billing reported; idempotent on the event id.
+@dataclass(frozen=True)
+class FraudOutcome:
+    """Fraud's decision on an order, as billing's outcome event reports it."""
 
-    A duplicate event does nothing. A stale one (the order already left PENDING) is acknowledged
-    and logged: the status machine refuses any move that is not forward from PENDING.
+    decision: str
+    score: int
+    reasons: list[str]
+
+
+# The transitions below run inside a consumer's transaction (after its inbox row); on their own
+# they open one. No savepoint: a failure fails the consumer's whole transaction, as it must.
+
+
+@transaction.atomic(savepoint=False)
+def order_mark_processed(*, order_id: str, payment_reference: str, fraud: FraudOutcome | None = None) -> None:
+    """PENDING -> PROCESSED: billing captured the payment."""
+    _transition(order_id, "PROCESSED", lambda order: order.mark_processed(payment_reference=payment_reference), fraud)
+
+
+@transaction.atomic(savepoint=False)
+def order_mark_payment_declined(*, order_id: str, reason: str, fraud: FraudOutcome | None = None) -> None:
+    """PENDING -> PAYMENT_DECLINED: the gateway refused the charge."""
+    _transition(order_id, "PAYMENT_DECLINED", lambda order: order.mark_payment_declined(reason=reason), fraud)
+
+
+@transaction.atomic(savepoint=False)
+def order_mark_canceled_fraud(*, order_id: str, reason: str, fraud: FraudOutcome | None = None) -> None:
+    """PENDING -> CANCELED_FRAUD: fraud rejected the order, nothing was charged."""
+    _transition(order_id, "CANCELED_FRAUD", lambda order: order.mark_canceled_fraud(reason=reason), fraud)
+
+
+@transaction.atomic(savepoint=False)
+def order_record_fraud_decision(*, order_id: str, fraud: FraudOutcome) -> None:
+    """Keep fraud's decision on the order (from a version 1 FraudCheckCompleted)."""
+    order = _order_for_update(order_id)
+    order.record_fraud_decision(decision=fraud.decision, score=fraud.score, reasons=fraud.reasons)
+    order.save(update_fields=[*FRAUD_FIELDS, "updated_at"])
+
+
+FRAUD_FIELDS = ["fraud_decision", "fraud_score", "fraud_reasons"]
+
+
+def _transition(order_id: str, target: str, move: Callable[[Order], None], fraud: FraudOutcome | None) -> None:
+    """Apply `move` (a guarded transition), with fraud's decision if reported, and save what changed.
+
+    An outcome that comes too late (the order already left PENDING) is stale: acknowledged and
+    logged, never applied; the status machine refuses any move that is not forward from PENDING.
     """
-    with transaction.atomic():
-        if not inbox_record(consumer=consumer, envelope=envelope):
-            logger.info(
-                "order %s: duplicate %s %s ignored", envelope.aggregate_id, envelope.event_type, envelope.event_id
-            )
-            return
-        order = _order_for_update(envelope.aggregate_id)
-        transition = {
-            OrderStatus.PROCESSED: order.mark_processed,
-            OrderStatus.CANCELED_FRAUD: order.mark_canceled_fraud,
-            OrderStatus.PAYMENT_DECLINED: order.mark_payment_declined,
-        }[target]
-        try:
-            transition(**details)
-        except TransitionNotAllowed:
-            logger.warning(
-                "order %s: stale %s ignored: order is %s, refusing move to %s",
-                order.id,
-                envelope.event_type,
-                order.status,
-                target,
-            )
-            return
-        order.save()
-        logger.info("order %s: %s", order.id, order.status)
-
-
-def order_record_fraud_decision(
-    *, consumer: str, envelope: Envelope, decision: str, score: int, reasons: list[str]
-) -> None:
-    """Keep fraud's decision on the order for the API and the admin; idempotent on the event id."""
-    with transaction.atomic():
-        if not inbox_record(consumer=consumer, envelope=envelope):
-            return
-        order = _order_for_update(envelope.aggregate_id)
-        order.fraud_decision = decision
-        order.fraud_score = score
-        order.fraud_reasons = reasons
-        order.save(update_fields=["fraud_decision", "fraud_score", "fraud_reasons", "updated_at"])
+    order = _order_for_update(order_id)
+    try:
+        move(order)
+    except TransitionNotAllowed:
+        logger.warning(
+            "order %s: stale outcome ignored: order is %s, refusing move to %s", order.id, order.status, target
+        )
+        return
+    fields = ["status", "status_reason", "payment_reference", "updated_at"]
+    if fraud is not None:
+        order.record_fraud_decision(decision=fraud.decision, score=fraud.score, reasons=fraud.reasons)
+        fields += FRAUD_FIELDS
+    order.save(update_fields=fields)
+    logger.info("order %s: %s", order.id, order.status)
 
 
 def _order_for_update(order_id: str) -> Order:
     try:
         return Order.objects.select_for_update().get(pk=order_id)
-    except (Order.DoesNotExist, ValueError) as exc:
+    except (Order.DoesNotExist, ValueError, ValidationError) as exc:
         raise PermanentError(f"order {order_id} does not exist") from exc

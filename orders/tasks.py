@@ -1,61 +1,71 @@
-"""Orders' consumers: apply fraud decisions and payment outcomes to the order.
+"""Orders' consumers: apply payment outcomes, and fraud's decision they carry, to the order.
 
-Idempotency key of each: (task name, event id) in the inbox. Side effect: the order row only.
+Idempotency key of each: (task name, event id) in the inbox, recorded by the consumer machinery
+in the transaction of the change. Side effect: the order row only.
+
+Version 1 outcomes (published before the outcome carried fraud's decision) are still applied;
+their fraud decision arrives by FraudCheckCompleted, whose consumer stays for as long as such
+messages may be queued.
 """
 
-from billing.events import PaymentBlocked, PaymentCaptured, PaymentDeclined
+from billing.events import (
+    PaymentBlocked,
+    PaymentBlockedV1,
+    PaymentCaptured,
+    PaymentCapturedV1,
+    PaymentDeclined,
+    PaymentDeclinedV1,
+)
 from fraud.events import FraudCheckCompleted
 from ordering import catalogue
 from ordering.messaging.consumer import event_consumer
 from ordering.messaging.envelope import Envelope
 from orders import services
-from orders.models import OrderStatus
+from orders.services import FraudOutcome
 
 
 @event_consumer(name=catalogue.ORDERS_HANDLE_PAYMENT_CAPTURED, event_type=catalogue.PAYMENT_CAPTURED)
-def handle_payment_captured(envelope: Envelope, consumer: str) -> None:
+def handle_payment_captured(envelope: Envelope) -> None:
     """Order -> PROCESSED."""
-    event = envelope.event(PaymentCaptured)
-    services.order_apply_outcome(
-        consumer=consumer,
-        envelope=envelope,
-        target=OrderStatus.PROCESSED,
-        payment_reference=event.gateway_reference,
+    event = envelope.event(PaymentCaptured, PaymentCapturedV1)
+    services.order_mark_processed(
+        order_id=envelope.aggregate_id, payment_reference=event.gateway_reference, fraud=_approved(event)
     )
 
 
 @event_consumer(name=catalogue.ORDERS_HANDLE_PAYMENT_DECLINED, event_type=catalogue.PAYMENT_DECLINED)
-def handle_payment_declined(envelope: Envelope, consumer: str) -> None:
+def handle_payment_declined(envelope: Envelope) -> None:
     """Order -> PAYMENT_DECLINED."""
-    event = envelope.event(PaymentDeclined)
-    services.order_apply_outcome(
-        consumer=consumer,
-        envelope=envelope,
-        target=OrderStatus.PAYMENT_DECLINED,
-        reason=event.reason,
-    )
+    event = envelope.event(PaymentDeclined, PaymentDeclinedV1)
+    services.order_mark_payment_declined(order_id=envelope.aggregate_id, reason=event.reason, fraud=_approved(event))
 
 
 @event_consumer(name=catalogue.ORDERS_HANDLE_PAYMENT_BLOCKED, event_type=catalogue.PAYMENT_BLOCKED)
-def handle_payment_blocked(envelope: Envelope, consumer: str) -> None:
+def handle_payment_blocked(envelope: Envelope) -> None:
     """Order -> CANCELED_FRAUD."""
-    event = envelope.event(PaymentBlocked)
-    services.order_apply_outcome(
-        consumer=consumer,
-        envelope=envelope,
-        target=OrderStatus.CANCELED_FRAUD,
-        reason=", ".join(event.reasons),
+    event = envelope.event(PaymentBlocked, PaymentBlockedV1)
+    if isinstance(event, PaymentBlockedV1):
+        services.order_mark_canceled_fraud(order_id=envelope.aggregate_id, reason=", ".join(event.reasons))
+        return
+    services.order_mark_canceled_fraud(
+        order_id=envelope.aggregate_id,
+        reason=", ".join(event.fraud_reasons),
+        fraud=FraudOutcome(decision="rejected", score=event.fraud_score, reasons=event.fraud_reasons),
     )
 
 
 @event_consumer(name=catalogue.ORDERS_HANDLE_FRAUD_CHECK_COMPLETED, event_type=catalogue.FRAUD_CHECK_COMPLETED)
-def handle_fraud_check_completed(envelope: Envelope, consumer: str) -> None:
-    """Copy fraud's decision onto the order."""
+def handle_fraud_check_completed(envelope: Envelope) -> None:
+    """Copy fraud's decision onto the order (version 1 outcomes only; no longer published)."""
     event = envelope.event(FraudCheckCompleted)
     services.order_record_fraud_decision(
-        consumer=consumer,
-        envelope=envelope,
-        decision=event.decision,
-        score=event.score,
-        reasons=event.reasons,
+        order_id=envelope.aggregate_id,
+        fraud=FraudOutcome(decision=event.decision, score=event.score, reasons=event.reasons),
     )
+
+
+def _approved(event: PaymentCaptured | PaymentDeclined | PaymentCapturedV1 | PaymentDeclinedV1) -> FraudOutcome | None:
+    # Billing charges only what fraud approved.
+    if isinstance(event, PaymentCapturedV1 | PaymentDeclinedV1):
+        return None
+    return FraudOutcome(decision="approved", score=event.fraud_score, reasons=event.fraud_reasons)

@@ -1,33 +1,51 @@
-"""The consumer task: how one event message becomes one call of a domain service.
+"""The consumer machinery: how event messages become calls of domain services, a batch at a time.
 
-A consumer task is an endpoint for a message: it parses the envelope, sets the correlation id,
-calls one handler, and leaves the retry / reject decision to the policy defined here:
+A consumer task is an endpoint for messages. The worker hands it every message of its type that
+is waiting (ordering/messaging/batching.py), and this module turns them into effects:
 
-- transient errors (database unavailable, gateway outage or timeout, soft time limit) are
-  retried with capped exponential backoff and jitter, a bounded number of times; the retry
-  waits in RabbitMQ (native delayed delivery), not in the worker;
-- anything else (malformed envelope, unknown version, invalid payload, a bug) fails at once;
-- a task that failed for good is rejected, so RabbitMQ dead-letters it to the queue's DLQ, and
-  django-celery-results records the exception and traceback (the dead letter's details).
+- effect once: in the consumer's transaction the machinery records each event in the inbox
+  (consumer, event id) and calls the handler only for the events recorded there and then; a
+  duplicate, a redelivery after a crash or a replay finds its row and has no second effect;
+- one transaction for the whole batch, so its events share one inbox insert and one commit; the
+  worker acks the messages only after that commit (acks late);
+- a batch that fails is taken apart: each message runs again on its own, so one bad message
+  fails alone and the others are not held up;
+- a transient error (database unavailable, gateway outage or timeout, soft time limit) is
+  retried with capped exponential backoff and jitter, a bounded number of times, the retry
+  waiting in RabbitMQ (native delayed delivery); anything else (malformed envelope, unknown
+  version, invalid payload, a bug) fails at once;
+- a message that failed for good is rejected, so RabbitMQ dead-letters it to the queue's DLQ,
+  and django-celery-results records the exception, traceback and envelope (the dead letter).
 
-Handlers must be idempotent: they record the event id in the inbox in the transaction of their
-effect (ordering/messaging/inbox.py).
+Handlers come in two kinds. A *transactional* handler takes one envelope and runs inside the
+machinery's transaction, after the inbox row (`event_consumer`). A flow that must call out of the
+database between two transactions (billing and its payment gateway) takes the whole batch and
+claims the inbox rows itself, in the transaction of its effect (`event_consumer(...,
+transactional=False)`, `EventBatch`).
 """
 
+import json
 import logging
 import math
 import random
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task, shared_task
+from celery.app.task import Context
+from celery.exceptions import Retry
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 
 from ordering import catalogue
 from ordering.messaging.context import handling_event
-from ordering.messaging.envelope import Envelope
-from ordering.messaging.errors import TransientError, UnknownEventVersion
+from ordering.messaging.envelope import DomainEvent, Envelope
+from ordering.messaging.errors import MalformedEnvelope, TransientError, UnknownEventVersion
+from ordering.messaging.inbox import inbox_claim
 
 logger = logging.getLogger(__name__)
 
@@ -38,38 +56,153 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     SoftTimeLimitExceeded,
 )
 
-# handler(envelope, consumer): `consumer` is the task name, the inbox key of its effects.
-Handler = Callable[[Envelope, str], None]
+# Celery's own log line for a received task, kept word for word: operators grep for it.
+LOG_RECEIVED = "Task %s[%s] received"
+
+
+class Outcome(StrEnum):
+    """What the worker does with a message once the machinery is done with it."""
+
+    ACK = "ack"  # handled, a duplicate, or retried (the retry is a new message): done
+    REJECT = "reject"  # failed for good: RabbitMQ dead-letters it
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One task message as the worker received it; picklable, it travels to a pool process."""
+
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    delivery_info: dict[str, Any]
+    body: bytes
+    hostname: str = ""
+
+    @property
+    def task_id(self) -> str:
+        return self.headers.get("id", "")
+
+    @property
+    def task_name(self) -> str:
+        return self.headers.get("task", "")
+
+    @property
+    def retries(self) -> int:
+        return self.headers.get("retries") or 0
+
+    def payload(self) -> tuple[tuple, dict, dict]:
+        """(args, kwargs, embed) of Celery's message protocol 2."""
+        args, kwargs, embed = json.loads(self.body)
+        return args, kwargs, embed
+
+    def request(self, **extra: Any) -> Context:
+        """The task request Celery would build for this message (retries, failure records)."""
+        try:
+            args, kwargs, embed = self.payload()
+        except (ValueError, TypeError):
+            args, kwargs, embed = (), {}, {}
+        return Context(
+            self.headers,
+            args=args,
+            kwargs=kwargs,
+            **(embed if isinstance(embed, dict) else {}),
+            properties=self.properties,
+            reply_to=self.properties.get("reply_to"),
+            correlation_id=self.properties.get("correlation_id"),
+            hostname=self.hostname,
+            delivery_info=self.delivery_info,
+            is_eager=False,
+            called_directly=False,
+            **extra,
+        )
+
+
+class EventBatch:
+    """The events a non-transactional handler gets: their envelopes, the inbox, the event contexts."""
+
+    def __init__(self, consumer: str, envelopes: list[Envelope]) -> None:
+        self.consumer = consumer
+        self.envelopes = envelopes
+
+    def claim(self, envelopes: list[Envelope]) -> list[Envelope]:
+        """Record `envelopes` in the inbox, in the caller's transaction; returns those not seen before."""
+        return inbox_claim(consumer=self.consumer, envelopes=envelopes)
+
+    def each[E: DomainEvent](self, envelopes: list[Envelope], event_class: type[E]) -> Iterator[tuple[Envelope, E]]:
+        """Each envelope with its payload, inside its event's context.
+
+        Log lines carry the event's correlation id, and events recorded in the outbox meanwhile
+        name it as their cause.
+        """
+        for envelope in envelopes:
+            with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
+                yield envelope, envelope.event(event_class)
+
+
+TransactionalHandler = Callable[[Envelope], None]
+BatchHandler = Callable[[EventBatch], None]
 
 
 class EventConsumerTask(Task):
-    """Base class of every consumer task; the reliability settings are in settings.CELERY_*."""
+    """Base class of every consumer task; the reliability settings are in settings.CELERY_*.
+
+    The worker runs these through the batching strategy, never through Celery's per-message
+    tracer; calling the task directly runs the same machinery for one envelope.
+    """
 
     acks_late = True
     ignore_result = True
+    Strategy = "ordering.messaging.batching:batching_strategy"
 
-    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
-        # Stored with a retry or failure by django-celery-results (TaskResult.meta): the
-        # dead letter's details. The queue comes from the catalogue, not from the delivery's
-        # routing key, which for a retry carries the delay-exchange prefix. The envelope is
-        # kept whole here because task_kwargs only gets Celery's kwargsrepr (a short summary).
-        self.request.meta = {
-            "queue": catalogue.queue_of_task(self.name),
-            "retries": self.request.retries,
-            "envelope": kwargs.get("envelope"),
-        }
-        ensure_usable_database()
+    event_type: str = ""
+    transactional: bool = True
+    handler: Callable[..., None]
+
+    def run(self, envelope: dict) -> None:
+        """Handle one envelope here and now, as the worker would; raises what failed it."""
+        parsed = _parse(self, {"envelope": envelope})
+        _handle(self, [parsed])
+
+
+def event_consumer(
+    *, name: str, event_type: str, transactional: bool = True
+) -> Callable[[Callable[..., None]], EventConsumerTask]:
+    """Turn a handler into the consumer task `name` for events of `event_type`.
+
+    Transactional (the default): `handler(envelope)` runs once per new event inside the batch's
+    transaction, after its inbox row. Otherwise `handler(batch: EventBatch)` gets the batch and
+    claims the inbox rows in the transaction of its effect.
+    """
+
+    def decorator(handler: Callable[..., None]) -> EventConsumerTask:
+        def run(self: EventConsumerTask, envelope: dict) -> None:
+            EventConsumerTask.run(self, envelope)
+
+        run.__name__ = handler.__name__
+        run.__doc__ = handler.__doc__
+        return shared_task(
+            name=name,
+            bind=True,
+            base=EventConsumerTask,
+            max_retries=settings.MESSAGING["RETRY_MAX"],
+            event_type=event_type,
+            transactional=transactional,
+            handler=staticmethod(handler),
+        )(run)
+
+    return decorator
 
 
 def ensure_usable_database() -> None:
-    """Drop database connections a restart broke, before a task uses them.
+    """Drop database connections a restart broke, before a batch uses them.
 
     With CELERY_DB_REUSE_MAX, Celery keeps connections across tasks without Django's
-    request-cycle checks, so after a PostgreSQL restart every task would fail on the dead
+    request-cycle checks, so after a PostgreSQL restart every batch would fail on the dead
     connection. This runs those checks: unusable or too old connections are closed, and the
-    next query health-checks (and if needed reopens) its connection.
+    next query health-checks (and if needed reopens) its connection. Inside a transaction (a
+    caller's, as in a test) the connection is in use and left alone.
     """
-    close_old_connections()
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 def retry_countdown(retries: int) -> int:
@@ -87,37 +220,142 @@ def retry_countdown(retries: int) -> int:
     return max(1, math.ceil(backoff))
 
 
-def event_consumer(*, name: str, event_type: str) -> Callable[[Handler], Task]:
-    """Turn `handler(envelope, consumer)` into the consumer task `name` for events of `event_type`."""
-    messaging = settings.MESSAGING
+# --- The machinery --------------------------------------------------------------------------------
 
-    def decorator(handler: Handler) -> Task:
-        def run(self: Task, envelope: dict) -> None:
-            parsed = Envelope.from_wire(envelope)
-            with handling_event(event_id=parsed.event_id, correlation_id=parsed.correlation_id):
-                if parsed.event_type != event_type:
-                    raise UnknownEventVersion(f"{name} handles {event_type}, got {parsed.event_type}")
-                logger.info(
-                    "%s: handling %s %s (attempt %d)",
-                    name,
-                    parsed.event_type,
-                    parsed.event_id,
-                    self.request.retries + 1,
-                )
-                try:
-                    handler(parsed, name)
-                except TRANSIENT_ERRORS as exc:
-                    logger.warning("%s: %s: %s", name, type(exc).__name__, exc)
-                    # Past max_retries, retry() re-raises exc: the task fails and is dead-lettered.
-                    raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
 
-        run.__name__ = handler.__name__
-        run.__doc__ = handler.__doc__
-        return shared_task(
-            name=name,
-            bind=True,
-            base=EventConsumerTask,
-            max_retries=messaging["RETRY_MAX"],
-        )(run)
+@dataclass
+class _Parsed:
+    delivery: Delivery | None
+    envelope: Envelope
+    outcome: Outcome | None = field(default=None)
 
-    return decorator
+
+def consume(task: EventConsumerTask, deliveries: list[Delivery]) -> list[Outcome]:
+    """Handle a batch of `task`'s messages; one outcome per delivery, in order. Never raises."""
+    ensure_usable_database()
+    outcomes: list[Outcome | None] = [None] * len(deliveries)
+    parsed: list[tuple[int, _Parsed]] = []
+    for index, delivery in enumerate(deliveries):
+        try:
+            _, kwargs, _ = delivery.payload()
+            parsed.append((index, _parse(task, kwargs, delivery)))
+        except Exception as exc:
+            outcomes[index] = _fail(task, delivery, exc, _envelope_dict(delivery))
+    if parsed:
+        try:
+            _handle(task, [item for _, item in parsed])
+            for index, _ in parsed:
+                outcomes[index] = Outcome.ACK
+        except SoftTimeLimitExceeded as exc:
+            # The batch as a whole ran out of time: one by one would take longer still.
+            for index, item in parsed:
+                outcomes[index] = _retry_or_fail(task, item, exc)
+        except Exception as exc:
+            if len(parsed) == 1:
+                index, item = parsed[0]
+                outcomes[index] = _retry_or_fail(task, item, exc)
+            else:
+                logger.info("%s: batch of %d failed (%s); each on its own", task.name, len(parsed), exc)
+                for index, item in parsed:
+                    outcomes[index] = _consume_alone(task, item)
+    return [outcome or Outcome.REJECT for outcome in outcomes]
+
+
+def _consume_alone(task: EventConsumerTask, item: _Parsed) -> Outcome:
+    try:
+        _handle(task, [item])
+    except Exception as exc:
+        return _retry_or_fail(task, item, exc)
+    return Outcome.ACK
+
+
+def _parse(task: EventConsumerTask, kwargs: object, delivery: Delivery | None = None) -> _Parsed:
+    envelope_data = kwargs.get("envelope") if isinstance(kwargs, dict) else None
+    if envelope_data is None:
+        raise MalformedEnvelope("the task message carries no envelope")
+    envelope = Envelope.from_wire(envelope_data)
+    if envelope.event_type != task.event_type:
+        raise UnknownEventVersion(f"{task.name} handles {task.event_type}, got {envelope.event_type}")
+    return _Parsed(delivery=delivery, envelope=envelope)
+
+
+def _handle(task: EventConsumerTask, items: list[_Parsed]) -> None:
+    """Run the handler for `items`; raises whatever failed (the transaction is rolled back)."""
+    envelopes = [item.envelope for item in items]
+    if not task.transactional:
+        task.handler(EventBatch(task.name, envelopes))
+        return
+    with transaction.atomic():
+        for envelope in inbox_claim(consumer=task.name, envelopes=envelopes):
+            with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
+                task.handler(envelope)
+
+
+def _retry_or_fail(task: EventConsumerTask, item: _Parsed, exc: BaseException) -> Outcome:
+    delivery, envelope = item.delivery, item.envelope
+    if delivery is None:  # called directly: the caller sees the exception
+        raise exc
+    with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
+        if not isinstance(exc, TRANSIENT_ERRORS):
+            return _fail(task, delivery, exc, envelope.to_wire())
+        logger.warning("%s: %s: %s", task.name, type(exc).__name__, exc)
+        request = delivery.request(meta=_meta(task, delivery, envelope.to_wire()))
+        task.request_stack.push(request)
+        try:
+            # Past max_retries, retry() re-raises exc: the message fails for good.
+            retry = task.retry(exc=exc, countdown=retry_countdown(delivery.retries), throw=False)
+        except Exception as final:
+            return _fail(task, delivery, final, envelope.to_wire(), request=request)
+        finally:
+            task.request_stack.pop()
+        logger.info("Task %s[%s] retry: %s", task.name, delivery.task_id, retry)
+        _store(task.backend.mark_as_retry, delivery.task_id, exc, request)
+        return Outcome.ACK
+
+
+def _fail(
+    task: EventConsumerTask,
+    delivery: Delivery,
+    exc: BaseException,
+    envelope: dict[str, Any] | None,
+    request: Context | None = None,
+) -> Outcome:
+    """Record the failure (the dead letter's details) and reject the message."""
+    if isinstance(exc, Retry) and exc.exc is not None:
+        exc = exc.exc
+    request = request or delivery.request(meta=_meta(task, delivery, envelope))
+    logger.error(
+        "Task %s[%s] failed for good: %s: %s", task.name, delivery.task_id, type(exc).__name__, exc, exc_info=exc
+    )
+    _store(task.backend.mark_as_failure, delivery.task_id, exc, request)
+    return Outcome.REJECT
+
+
+def _store(mark: Callable[..., Any], task_id: str, exc: BaseException, request: Context) -> None:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        mark(task_id, exc, traceback=tb, request=request)
+    except Exception:
+        # The record is the operator's help, not the guarantee: the message is rejected (or
+        # retried) either way, and the DLQ keeps it.
+        logger.exception("could not record the %s of task %s", type(exc).__name__, task_id)
+
+
+def _meta(task: EventConsumerTask, delivery: Delivery, envelope: dict[str, Any] | None) -> dict[str, Any]:
+    # Stored with the retry or failure by django-celery-results (TaskResult.meta): the dead
+    # letter's details. The queue comes from the catalogue, not from the delivery's routing key,
+    # which for a retry carries the delay-exchange prefix. The envelope is kept whole here
+    # because task_kwargs only gets Celery's kwargsrepr (a short summary).
+    return {
+        "queue": catalogue.queue_of_task(task.name),
+        "retries": delivery.retries,
+        "envelope": envelope,
+    }
+
+
+def _envelope_dict(delivery: Delivery) -> dict[str, Any] | None:
+    try:
+        envelope = delivery.payload()[1].get("envelope")
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return None
+    return envelope if isinstance(envelope, dict) else None

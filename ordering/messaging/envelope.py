@@ -121,13 +121,13 @@ class Envelope:
             )
         return envelope
 
-    def event[E: DomainEvent](self, event_class: type[E]) -> E:
-        """The payload as `event_class`, after checking the type and version match."""
-        if (self.event_type, self.version) != (event_class.event_type, event_class.version):
-            raise UnknownEventVersion(
-                f"expected {event_class.event_type} v{event_class.version}, got {self.event_type} v{self.version}"
-            )
-        return event_class.from_payload(self.payload)
+    def event[E: DomainEvent](self, *event_classes: type[E]) -> E:
+        """The payload as the one of `event_classes` whose type and version match the envelope's."""
+        for event_class in event_classes:
+            if (self.event_type, self.version) == (event_class.event_type, event_class.version):
+                return event_class.from_payload(self.payload)
+        expected = ", ".join(f"{c.event_type} v{c.version}" for c in event_classes)
+        raise UnknownEventVersion(f"expected {expected}, got {self.event_type} v{self.version}")
 
 
 def _strict_int(value: object) -> int:

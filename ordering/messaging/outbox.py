@@ -23,13 +23,20 @@ NOTIFY_CHANNEL = "ordering_outbox"
 
 
 class EventSourcedQuerySet(models.QuerySet):
-    """Bulk writes send no signals, so they would change state without events: refuse them."""
+    """Bulk writes send no signals, so they would change state without events: refuse them.
+
+    Creating rows in bulk is allowed when none of them has staged an event (a payment that is
+    only being opened, say): then there is nothing a signal would have written.
+    """
 
     def update(self, **kwargs: object) -> int:
         raise TypeError(f"{self.model.__name__} emits events: change it through save()")
 
-    def bulk_create(self, *args: object, **kwargs: object) -> list:
-        raise TypeError(f"{self.model.__name__} emits events: create it through save()")
+    def bulk_create(self, objs, *args: object, **kwargs: object) -> list:
+        objs = list(objs)
+        if any(obj.__dict__.get("_staged_events") for obj in objs):
+            raise TypeError(f"{self.model.__name__} emits events: create one that staged events through save()")
+        return super().bulk_create(objs, *args, **kwargs)
 
     def bulk_update(self, *args: object, **kwargs: object) -> int:
         raise TypeError(f"{self.model.__name__} emits events: change it through save()")

@@ -15,5 +15,6 @@ class ResultBackend(DatabaseBackend):
     """
 
     def _store_result(self, *args: object, **kwargs: object) -> object:
-        connection.close_if_unusable_or_obsolete()
+        if not connection.in_atomic_block:  # inside a caller's transaction (a test) it is in use
+            connection.close_if_unusable_or_obsolete()
         return super()._store_result(*args, **kwargs)

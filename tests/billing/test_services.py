@@ -8,16 +8,24 @@ from django.utils import timezone
 
 from billing.gateways import GatewayUnavailable, SimulatedGateway
 from billing.models import Payment, PaymentStatus, SimulatedCharge, SimulatedGatewayOutage
-from billing.services import billing_handle_order_created
+from billing.tasks import handle_order_created
 from fraud.models import BlockedBuyer
 from ordering import catalogue
-from ordering.messaging.models import OutboxEvent, ProcessedEvent
+from ordering.messaging import selectors
+from ordering.messaging.consumer import Outcome
+from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
 from orders.events import OrderCreated
 from tests.conftest import envelope_for
+from tests.consumers import deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CONSUMER = catalogue.BILLING_HANDLE_ORDER_CREATED
+
+
+def bill(*envelopes) -> None:
+    """Billing's consumer, as a worker runs it, on one batch: every message handled."""
+    assert deliver(CONSUMER, *envelopes) == [Outcome.ACK] * len(envelopes)
 
 
 def order_created(amount="25.00", buyer=None):
@@ -46,7 +54,7 @@ def outcome_events(envelope):
 
 def test_billing_captures_and_records_outcome():
     envelope = order_created()
-    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    bill(envelope)
     payment = Payment.objects.get(order_id=envelope.aggregate_id)
     assert payment.status == PaymentStatus.CAPTURED
     assert payment.amount == Decimal("25.00")
@@ -57,8 +65,8 @@ def test_billing_captures_and_records_outcome():
 
 def test_billing_duplicate_delivery_charges_once():
     envelope = order_created()
-    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
-    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    bill(envelope)
+    bill(envelope)
     assert SimulatedCharge.objects.count() == 1
     assert outcome_events(envelope) == ["billing.payment.captured"]
 
@@ -72,16 +80,16 @@ def test_billing_crash_after_charge_before_commit_charges_once():
         order_id=envelope.aggregate_id, amount=Decimal("25.00"), currency="EUR", buyer="b", idempotency_key=key
     )
     SimulatedGateway().charge(idempotency_key=key, amount=Decimal("25.00"), currency="EUR", buyer="b")
-    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)  # the redelivery
+    bill(envelope)  # the redelivery
     assert SimulatedCharge.objects.count() == 1
     assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.CAPTURED
 
 
 def test_billing_another_event_for_a_billed_order_charges_nothing_more():
     first = order_created()
-    billing_handle_order_created(consumer=CONSUMER, envelope=first)
+    bill(first)
     replayed_copy = envelope_for(first.event(OrderCreated))  # same order, new event id
-    billing_handle_order_created(consumer=CONSUMER, envelope=replayed_copy)
+    bill(replayed_copy)
     assert SimulatedCharge.objects.count() == 1
     assert outcome_events(first) == ["billing.payment.captured"]
 
@@ -89,7 +97,7 @@ def test_billing_another_event_for_a_billed_order_charges_nothing_more():
 def test_billing_declined_is_a_business_outcome(settings):
     settings.SIMULATED_GATEWAY_DECLINE_ABOVE = Decimal("100.00")
     envelope = order_created(amount="100.01")
-    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    bill(envelope)
     assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.DECLINED
     assert outcome_events(envelope) == ["billing.payment.declined"]
 
@@ -97,21 +105,57 @@ def test_billing_declined_is_a_business_outcome(settings):
 def test_billing_fraud_rejection_blocks_without_charging():
     BlockedBuyer.objects.create(buyer="mallory@example.com")
     envelope = order_created(buyer="mallory@example.com")
-    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    bill(envelope)
     payment = Payment.objects.get(order_id=envelope.aggregate_id)
     assert payment.status == PaymentStatus.BLOCKED
     assert not SimulatedCharge.objects.exists()
     assert outcome_events(envelope) == ["billing.payment.blocked"]
-    assert OutboxEvent.objects.filter(event_type="fraud.check.completed", aggregate_id=envelope.aggregate_id).exists()
+    # Fraud's decision travels in the outcome: one route, no event of fraud's own.
+    blocked = OutboxEvent.objects.get(event_type="billing.payment.blocked", aggregate_id=envelope.aggregate_id)
+    assert (blocked.version, blocked.payload["fraud_score"], blocked.payload["fraud_reasons"]) == (
+        2,
+        100,
+        ["buyer_blocked"],
+    )
+    assert not OutboxEvent.objects.filter(event_type="fraud.check.completed").exists()
 
 
 def test_billing_gateway_outage_is_transient_and_leaves_payment_charging():
     SimulatedGatewayOutage.objects.create(until=timezone.now() + timezone.timedelta(minutes=1))
     envelope = order_created()
     with pytest.raises(GatewayUnavailable):
-        billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+        handle_order_created(envelope.to_wire())  # called directly: the failure reaches the caller
     assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.CHARGING
     assert not ProcessedEvent.objects.exists()
     SimulatedGatewayOutage.objects.update(until=timezone.now())
-    billing_handle_order_created(consumer=CONSUMER, envelope=envelope)
+    bill(envelope)
     assert Payment.objects.get(order_id=envelope.aggregate_id).status == PaymentStatus.CAPTURED
+
+
+def test_billing_a_batch_charges_each_order_once_and_records_each_outcome():
+    envelopes = [order_created() for _ in range(8)]
+    bill(*envelopes, envelopes[0], envelopes[3])  # two copies delivered in the same batch
+    assert Payment.objects.filter(status=PaymentStatus.CAPTURED).count() == 8
+    assert SimulatedCharge.objects.count() == 8
+    assert OutboxEvent.objects.filter(event_type="billing.payment.captured").count() == 8
+    assert ProcessedEvent.objects.filter(consumer=CONSUMER).count() == 8
+
+
+def test_billing_two_events_of_one_order_in_a_batch_bill_it_once():
+    first = order_created()
+    copy = envelope_for(first.event(OrderCreated))  # same order, another event id
+    bill(first, copy)
+    assert SimulatedCharge.objects.count() == 1
+    assert outcome_events(first) == ["billing.payment.captured"]
+    assert ProcessedEvent.objects.filter(consumer=CONSUMER).count() == 2
+
+
+def test_billing_one_bad_message_fails_alone_and_is_dead_lettered():
+    good = [order_created() for _ in range(3)]
+    bad = envelope_for(OrderCreated(**{**good[0].payload, "order_id": str(uuid.uuid4()), "amount": "x"}))
+    outcomes = deliver(CONSUMER, good[0], bad, good[1], good[2])
+    assert outcomes == [Outcome.ACK, Outcome.REJECT, Outcome.ACK, Outcome.ACK]
+    assert Payment.objects.filter(status=PaymentStatus.CAPTURED).count() == 3
+    failure = DeadLetter.objects.get()
+    assert selectors.dead_letter_envelope(failure)["event_id"] == str(bad.event_id)
+    assert selectors.failure_attempts(failure) == 1

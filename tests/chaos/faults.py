@@ -244,7 +244,9 @@ def stale_events(ctx: FaultContext) -> dict:
         payload=now.payload,
     )
     if order.status == OrderStatus.PROCESSED:
-        contradiction = PaymentDeclined(order_id=str(order.id), payment_id=str(payment.id), reason="stale")
+        contradiction = PaymentDeclined(
+            order_id=str(order.id), payment_id=str(payment.id), reason="stale", fraud_score=0, fraud_reasons=[]
+        )
         task = catalogue.ORDERS_HANDLE_PAYMENT_DECLINED
     else:
         contradiction = PaymentCaptured(
@@ -253,6 +255,8 @@ def stale_events(ctx: FaultContext) -> dict:
             amount=str(payment.amount),
             currency=payment.currency,
             gateway_reference="stale-reference",
+            fraud_score=0,
+            fraud_reasons=[],
         )
         task = catalogue.ORDERS_HANDLE_PAYMENT_CAPTURED
     outcome = Envelope(

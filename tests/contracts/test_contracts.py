@@ -1,15 +1,28 @@
 """One example JSON per event type and version: the published contract, checked both ways."""
 
+import importlib
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from django.apps import apps
 
 from ordering import catalogue
 from ordering.messaging.envelope import DomainEvent, Envelope
 
 CONTRACTS = Path(__file__).parent / "events"
-EVENT_CLASSES = {(cls.event_type, cls.version): cls for cls in DomainEvent.__subclasses__()}
+
+
+def event_classes() -> dict[tuple[str, int], type[DomainEvent]]:
+    """Every event class of every app's contract module (`<app>/events.py`), by type and version."""
+    for config in apps.get_app_configs():
+        if importlib.util.find_spec(f"{config.name}.events") is not None:
+            importlib.import_module(f"{config.name}.events")
+    return {(cls.event_type, cls.version): cls for cls in DomainEvent.__subclasses__()}
+
+
+EVENT_CLASSES = event_classes()
 ALL_VERSIONS = [(t, v) for t, versions in catalogue.EVENT_VERSIONS.items() for v in sorted(versions)]
 
 

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from fraud.models import BlockedBuyer, FraudCheck
-from fraud.services import fraud_check_order
+from fraud.services import OrderToCheck, fraud_check_order, fraud_check_orders
 from ordering.messaging.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
@@ -24,12 +24,13 @@ def check(buyer="alice", amount="100.00", at=None):
     )
 
 
-def test_fraud_check_approves_ordinary_order_and_publishes_decision():
+def test_fraud_check_approves_ordinary_order_and_records_it_without_an_event_of_its_own():
     result = check()
     assert not result.rejected
-    event = OutboxEvent.objects.get(aggregate_id=str(result.order_id))
-    assert event.event_type == "fraud.check.completed"
-    assert event.payload["decision"] == "approved"
+    assert (result.decision, result.score, result.reasons) == ("approved", 0, [])
+    assert FraudCheck.objects.get(order_id=result.order_id).decision == "approved"
+    # The decision travels in billing's outcome event, not in one of fraud's.
+    assert not OutboxEvent.objects.exists()
 
 
 def test_fraud_check_rejects_amount_over_limit(settings):
@@ -65,6 +66,17 @@ def test_fraud_check_is_decided_once_per_order():
     again = fraud_check_order(
         order_id=order_id, buyer="c", amount=Decimal("1"), currency="EUR", order_created_at=timezone.now()
     )
-    assert again.pk == first.pk and not again.rejected
+    assert again == first and not again.rejected
     assert FraudCheck.objects.count() == 1
-    assert OutboxEvent.objects.filter(event_type="fraud.check.completed").count() == 1
+
+
+def test_orders_of_one_buyer_checked_together_count_for_each_other(settings):
+    settings.FRAUD_VELOCITY_MAX_ORDERS = 2
+    now = timezone.now()
+    orders = [
+        OrderToCheck(str(uuid.uuid4()), "dave", Decimal("5"), "EUR", now + timedelta(seconds=s)) for s in (2, 0, 1)
+    ]
+    verdicts = fraud_check_orders(orders=orders)
+    # Decided in creation order: the third created (first in the list) is over the limit.
+    assert [verdicts[o.order_id].rejected for o in orders] == [True, False, False]
+    assert FraudCheck.objects.count() == 3

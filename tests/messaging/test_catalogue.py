@@ -2,12 +2,15 @@
 
 import dataclasses
 
+from django.conf import settings
+
 from ordering import catalogue
 from ordering.celery import app
 from ordering.messaging.envelope import DomainEvent
 from ordering.messaging.topology import task_queues
+from tests.contracts.test_contracts import event_classes
 
-EVENT_CLASSES = {cls.event_type: cls for cls in DomainEvent.__subclasses__()}
+EVENT_CLASSES = event_classes()
 
 
 def test_every_subscribed_task_is_registered_with_an_explicit_name():
@@ -19,11 +22,11 @@ def test_every_subscribed_task_is_registered_with_an_explicit_name():
         assert task.ignore_result
 
 
-def test_every_event_type_has_one_event_class_and_known_versions():
-    assert set(EVENT_CLASSES) == set(catalogue.EVENT_VERSIONS)
-    for event_type, cls in EVENT_CLASSES.items():
-        assert cls.version in catalogue.EVENT_VERSIONS[event_type]
-        assert dataclasses.is_dataclass(cls)
+def test_every_event_version_has_one_event_class():
+    versions = {(t, v) for t, known in catalogue.EVENT_VERSIONS.items() for v in known}
+    assert set(EVENT_CLASSES) == versions
+    assert len(EVENT_CLASSES) == len(DomainEvent.__subclasses__())  # no two classes for one version
+    assert all(dataclasses.is_dataclass(cls) for cls in EVENT_CLASSES.values())
 
 
 def test_every_event_type_has_a_subscriber_on_a_consumer_queue():
@@ -49,7 +52,8 @@ def test_failed_tasks_are_rejected_not_acked():
     assert conf.task_acks_on_failure is False
     assert conf.task_acks_on_timeout is False
     assert conf.task_reject_on_worker_lost is True
-    assert conf.worker_prefetch_multiplier == 1
+    # Prefetch: one batch per pool process (ordering/messaging/batching.py).
+    assert conf.worker_prefetch_multiplier == settings.MESSAGING["CONSUMER_BATCH_MAX"]
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
     assert conf.broker_transport_options["confirm_publish"] is True
     assert conf.task_store_errors_even_if_ignored is True

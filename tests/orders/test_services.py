@@ -6,14 +6,17 @@ from decimal import Decimal
 import pytest
 from django.db import transaction
 
-from billing.events import PaymentCaptured, PaymentDeclined
+from billing.events import PaymentBlocked, PaymentCaptured, PaymentCapturedV1
 from fraud.events import FraudCheckCompleted
 from ordering import catalogue
+from ordering.messaging import selectors
+from ordering.messaging.consumer import Outcome
 from ordering.messaging.errors import PermanentError
-from ordering.messaging.models import OutboxEvent, ProcessedEvent
+from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
 from orders.models import Order, OrderStatus
-from orders.services import order_apply_outcome, order_record_fraud_decision
+from orders.services import order_mark_payment_declined, order_mark_processed
 from tests.conftest import envelope_for, make_order
+from tests.consumers import deliver
 
 pytestmark = pytest.mark.django_db
 
@@ -28,6 +31,8 @@ def captured(order, reference="sim_1"):
             amount="10.00",
             currency="EUR",
             gateway_reference=reference,
+            fraud_score=0,
+            fraud_reasons=[],
         )
     )
 
@@ -67,41 +72,79 @@ def test_order_bulk_updates_are_refused(user):
         Order.objects.update(status=OrderStatus.PROCESSED)
 
 
-def test_order_apply_outcome_moves_pending_forward_once(user):
+def test_payment_captured_moves_the_order_to_processed_once(user):
     order = make_order(user)
     envelope = captured(order)
-    order_apply_outcome(consumer=CAPTURED, envelope=envelope, target=OrderStatus.PROCESSED, payment_reference="sim_1")
+    assert deliver(CAPTURED, envelope) == [Outcome.ACK]
     order.refresh_from_db()
     assert order.status == OrderStatus.PROCESSED
     assert order.payment_reference == "sim_1"
     # The same event again: no second effect.
-    order_apply_outcome(consumer=CAPTURED, envelope=envelope, target=OrderStatus.PROCESSED, payment_reference="sim_1")
+    assert deliver(CAPTURED, envelope) == [Outcome.ACK]
     assert ProcessedEvent.objects.filter(event_id=envelope.event_id).count() == 1
 
 
-def test_order_apply_outcome_stale_event_is_ignored_and_logged(user, caplog):
+def test_outcomes_of_many_orders_are_applied_in_one_batch(user):
+    orders = [make_order(user) for _ in range(5)]
+    envelopes = [captured(order, reference=f"sim_{n}") for n, order in enumerate(orders)]
+    assert deliver(CAPTURED, *envelopes, envelopes[0]) == [Outcome.ACK] * 6  # with a duplicate
+    assert {o.payment_reference for o in Order.objects.filter(status=OrderStatus.PROCESSED)} == {
+        f"sim_{n}" for n in range(5)
+    }
+    assert ProcessedEvent.objects.filter(consumer=CAPTURED).count() == 5
+
+
+def test_a_stale_outcome_is_ignored_and_logged(user, caplog):
     order = make_order(user)
-    order_apply_outcome(
-        consumer=CAPTURED, envelope=captured(order), target=OrderStatus.PROCESSED, payment_reference="sim_1"
-    )
-    declined = envelope_for(PaymentDeclined(order_id=str(order.id), payment_id="p", reason="late"))
-    order_apply_outcome(
-        consumer=catalogue.ORDERS_HANDLE_PAYMENT_DECLINED,
-        envelope=declined,
-        target=OrderStatus.PAYMENT_DECLINED,
-        reason="late",
-    )
+    order_mark_processed(order_id=str(order.id), payment_reference="sim_1")
+    order_mark_payment_declined(order_id=str(order.id), reason="late")
     order.refresh_from_db()
     assert order.status == OrderStatus.PROCESSED
     assert "stale" in caplog.text
 
 
-def test_order_apply_outcome_for_unknown_order_is_permanent(user):
-    ghost = Order(id=uuid.uuid4())
+def test_an_outcome_for_an_unknown_order_is_permanent():
     with pytest.raises(PermanentError):
-        order_apply_outcome(
-            consumer=CAPTURED, envelope=captured(ghost), target=OrderStatus.PROCESSED, payment_reference="x"
-        )
+        order_mark_processed(order_id=str(uuid.uuid4()), payment_reference="x")
+
+
+def test_a_bad_message_in_a_batch_fails_alone(user):
+    orders = [make_order(user) for _ in range(3)]
+    ghost = Order(id=uuid.uuid4())
+    outcomes = deliver(CAPTURED, captured(orders[0]), captured(ghost), captured(orders[1]), captured(orders[2]))
+    assert outcomes == [Outcome.ACK, Outcome.REJECT, Outcome.ACK, Outcome.ACK]
+    assert Order.objects.filter(status=OrderStatus.PROCESSED).count() == 3
+    failure = DeadLetter.objects.get()
+    assert selectors.failure_summary(failure).startswith("PermanentError")
+    assert selectors.dead_letter_envelope(failure)["aggregate_id"] == str(ghost.id)
+
+
+def test_a_payment_outcome_carries_the_fraud_decision_to_the_order(user):
+    paid, blocked = make_order(user), make_order(user)
+    assert deliver(CAPTURED, captured(paid)) == [Outcome.ACK]
+    rejected = PaymentBlocked(
+        order_id=str(blocked.id), payment_id=str(uuid.uuid4()), fraud_score=80, fraud_reasons=["amount_over_limit"]
+    )
+    assert deliver(catalogue.ORDERS_HANDLE_PAYMENT_BLOCKED, envelope_for(rejected)) == [Outcome.ACK]
+    paid.refresh_from_db()
+    blocked.refresh_from_db()
+    assert (paid.fraud_decision, paid.fraud_score, paid.fraud_reasons) == ("approved", 0, [])
+    assert (blocked.status, blocked.status_reason) == (OrderStatus.CANCELED_FRAUD, "amount_over_limit")
+    assert (blocked.fraud_decision, blocked.fraud_score, blocked.fraud_reasons) == (
+        "rejected",
+        80,
+        ["amount_over_limit"],
+    )
+
+
+def test_a_version_1_outcome_is_still_applied(user):
+    order = make_order(user)
+    old = PaymentCapturedV1(
+        order_id=str(order.id), payment_id=str(uuid.uuid4()), amount="10.00", currency="EUR", gateway_reference="v1"
+    )
+    assert deliver(CAPTURED, envelope_for(old)) == [Outcome.ACK]
+    order.refresh_from_db()
+    assert (order.status, order.payment_reference, order.fraud_decision) == (OrderStatus.PROCESSED, "v1", "")
 
 
 def test_order_record_fraud_decision(user):
@@ -109,9 +152,7 @@ def test_order_record_fraud_decision(user):
     envelope = envelope_for(
         FraudCheckCompleted(order_id=str(order.id), decision="rejected", score=80, reasons=["amount_over_limit"])
     )
-    order_record_fraud_decision(
-        consumer="c", envelope=envelope, decision="rejected", score=80, reasons=["amount_over_limit"]
-    )
+    assert deliver(catalogue.ORDERS_HANDLE_FRAUD_CHECK_COMPLETED, envelope) == [Outcome.ACK]
     order.refresh_from_db()
     assert (order.fraud_decision, order.fraud_score, order.fraud_reasons) == ("rejected", 80, ["amount_over_limit"])
     assert order.status == OrderStatus.PENDING
