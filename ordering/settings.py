@@ -79,6 +79,13 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Server-side parameters, and statements PostgreSQL prepares once a connection has run them a
+# few times: the hot paths repeat a handful of statements, which then skip parsing and planning.
+# (Behind PgBouncer in transaction mode this needs its prepared-statement support, 1.21+.)
+DATABASES["default"].setdefault("OPTIONS", {}).update(
+    server_side_binding=env.bool("DB_SERVER_SIDE_BINDING", default=True),
+    prepare_threshold=env.int("DB_PREPARE_THRESHOLD", default=5),
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

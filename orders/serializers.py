@@ -5,7 +5,7 @@ from decimal import Decimal
 from django.conf import settings
 from rest_framework import serializers
 
-from orders.models import Order
+from orders.models import Order, OrderStatus
 
 
 class OrderCreateSerializer(serializers.Serializer):
@@ -33,33 +33,27 @@ class OrderCreateSerializer(serializers.Serializer):
         return attrs
 
 
-class OrderSerializer(serializers.ModelSerializer):
-    """An order as the API shows it, with the fraud and payment outcome once known."""
+class OrderSerializer(serializers.Serializer):
+    """An order as the API shows it, with the fraud and payment outcome once known.
 
-    owner = serializers.CharField(source="owner.get_username", read_only=True)
+    Every field declared (read-only): a ModelSerializer would rebuild them from the model's
+    metadata for each instance, on every request.
+    """
+
+    id = serializers.UUIDField(read_only=True)
+    status = serializers.ChoiceField(choices=OrderStatus.choices, read_only=True)
+    status_reason = serializers.CharField(read_only=True)
+    product_name = serializers.CharField(read_only=True)
+    quantity = serializers.IntegerField(read_only=True)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, read_only=True)
     amount = serializers.DecimalField(max_digits=14, decimal_places=2, read_only=True)
+    currency = serializers.CharField(read_only=True)
+    buyer = serializers.CharField(read_only=True)
+    owner = serializers.CharField(source="owner.get_username", read_only=True)
     fraud = serializers.SerializerMethodField()
     payment = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Order
-        fields = [
-            "id",
-            "status",
-            "status_reason",
-            "product_name",
-            "quantity",
-            "price",
-            "amount",
-            "currency",
-            "buyer",
-            "owner",
-            "fraud",
-            "payment",
-            "created_at",
-            "updated_at",
-        ]
-        read_only_fields = fields
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
 
     def get_fraud(self, order: Order) -> dict | None:
         if not order.fraud_decision:

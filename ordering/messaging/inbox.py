@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 _CLAIM_SQL = (
     f"INSERT INTO {ProcessedEvent._meta.db_table} (consumer, event_id, event_type, aggregate_id, processed_at) "
-    "SELECT %s, e.event_id, e.event_type, e.aggregate_id, now() "
+    "SELECT %s::varchar, e.event_id, e.event_type, e.aggregate_id, now() "
     "FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[]) AS e(event_id, event_type, aggregate_id) "
     "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
 )
