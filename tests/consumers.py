@@ -25,5 +25,6 @@ def delivery_for(task_name: str, envelope: Envelope, *, redelivered: bool = Fals
 
 def deliver(task_name: str, *envelopes: Envelope) -> list[Outcome]:
     """Consume `envelopes` as one batch of `task_name`'s messages; the outcome of each."""
-    app.loader.import_default_modules()  # the consumer tasks, as a worker imports them at start
+    if task_name not in app.tasks:
+        app.loader.import_default_modules()  # the consumer tasks, as a worker imports them at start
     return consume(app.tasks[task_name], [delivery_for(task_name, envelope) for envelope in envelopes])
