@@ -13,7 +13,7 @@ from functools import cache
 from typing import Protocol
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -62,26 +62,46 @@ class SimulatedGateway:
     def charge(self, *, idempotency_key: str, amount: Decimal, currency: str, buyer: str) -> ChargeResult:
         from billing.models import SimulatedCharge, SimulatedGatewayOutage
 
+        if connection.in_atomic_block:
+            # A real provider is another system: its ledger commits on its own, never inside
+            # (and never rolled back with) billing's transaction.
+            raise RuntimeError("the payment gateway must not be called inside a database transaction")
         latency_ms = settings.SIMULATED_GATEWAY_LATENCY_MS
         if latency_ms:
             time.sleep(latency_ms / 1000)
+        declined = amount > settings.SIMULATED_GATEWAY_DECLINE_ABOVE
+        with connection.cursor() as cursor:
+            # One statement, committed on its own (autocommit): charges the key unless the gateway
+            # is down or the key was charged before (then nothing is inserted).
+            cursor.execute(
+                _charge_sql(),
+                [
+                    idempotency_key,
+                    amount,
+                    currency,
+                    not declined,
+                    f"sim_{uuid.uuid4().hex[:20]}",
+                    "insufficient funds" if declined else "",
+                ],
+            )
+            charged = cursor.fetchone()
+        if charged is not None:
+            return ChargeResult(*charged)
         if SimulatedGatewayOutage.objects.filter(until__gt=timezone.now()).exists():
             raise GatewayUnavailable("simulated gateway outage")
-        existing = SimulatedCharge.objects.filter(idempotency_key=idempotency_key).first()
-        if existing is None:
-            declined = amount > settings.SIMULATED_GATEWAY_DECLINE_ABOVE
-            try:
-                # durable: the gateway's ledger commits on its own, never inside billing's
-                # transaction (a real provider is another system).
-                with transaction.atomic(durable=True):
-                    existing = SimulatedCharge.objects.create(
-                        idempotency_key=idempotency_key,
-                        amount=amount,
-                        currency=currency,
-                        succeeded=not declined,
-                        reference=f"sim_{uuid.uuid4().hex[:20]}",
-                        decline_reason="insufficient funds" if declined else "",
-                    )
-            except IntegrityError:  # a concurrent charge with the same key won
-                existing = SimulatedCharge.objects.get(idempotency_key=idempotency_key)
+        existing = SimulatedCharge.objects.get(idempotency_key=idempotency_key)  # charged before: same result
         return ChargeResult(existing.succeeded, existing.reference, existing.decline_reason)
+
+
+@cache
+def _charge_sql() -> str:
+    from billing.models import SimulatedCharge, SimulatedGatewayOutage
+
+    return f"""
+        INSERT INTO {SimulatedCharge._meta.db_table}
+               (idempotency_key, amount, currency, succeeded, reference, decline_reason, created_at)
+        SELECT %s, %s::numeric, %s, %s, %s, %s, now()
+         WHERE NOT EXISTS (SELECT 1 FROM {SimulatedGatewayOutage._meta.db_table} WHERE until > now())
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING succeeded, reference, decline_reason
+    """

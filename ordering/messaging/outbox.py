@@ -4,7 +4,9 @@ Nothing here talks to RabbitMQ. The row commits or rolls back with the change th
 the relay (ordering/messaging/relay.py) publishes it afterwards.
 """
 
+import json
 import logging
+import uuid
 from collections.abc import Iterable
 
 from django.db import connection, models
@@ -73,22 +75,43 @@ def write_staged_events(sender: type, instance: EventSourcedModel, raw: bool = F
     outbox_record(events)
 
 
-def outbox_record(events: Iterable[DomainEvent]) -> list[OutboxEvent]:
-    """Write events to the outbox in the current transaction (the relay wakes at commit)."""
+# One statement for any number of events, always the same text (PostgreSQL prepares it once):
+# every request and consumer that changes state writes here, so it skips the ORM's compiler.
+_INSERT_SQL = f"""
+    INSERT INTO {OutboxEvent._meta.db_table}
+        (id, event_type, version, aggregate_id, payload, correlation_id, causation_id, occurred_at, created_at,
+         publish_attempts)
+    SELECT e.id, e.event_type, e.version, e.aggregate_id, e.payload::jsonb, %s, %s, %s, %s, 0
+      FROM unnest(%s::uuid[], %s::varchar[], %s::smallint[], %s::varchar[], %s::text[])
+           AS e(id, event_type, version, aggregate_id, payload)
+"""
+
+
+def outbox_record(events: Iterable[DomainEvent]) -> list[uuid.UUID]:
+    """Write events to the outbox in the current transaction (the relay wakes at commit); their ids.
+
+    Each carries the correlation id of the request or event being handled, and that event's id
+    as its cause.
+    """
+    events = list(events)
+    ids = [uuid.uuid4() for _ in events]
     now = timezone.now()
-    rows = [
-        OutboxEvent(
-            event_type=event.event_type,
-            version=event.version,
-            aggregate_id=event.aggregate_id,
-            correlation_id=current_correlation_id(),
-            causation_id=current_causation_id(),
-            payload=event.to_payload(),
-            occurred_at=now,
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            [
+                current_correlation_id(),
+                current_causation_id(),
+                now,
+                now,
+                ids,
+                [event.event_type for event in events],
+                [event.version for event in events],
+                [event.aggregate_id for event in events],
+                [json.dumps(event.to_payload()) for event in events],
+            ],
         )
-        for event in events
-    ]
-    OutboxEvent.objects.bulk_create(rows)
-    for row in rows:
-        logger.info("outbox: recorded %s %s for %s", row.event_type, row.id, row.aggregate_id)
-    return rows
+    if logger.isEnabledFor(logging.DEBUG):
+        for event_id, event in zip(ids, events, strict=True):
+            logger.debug("outbox: recorded %s %s for %s", event.event_type, event_id, event.aggregate_id)
+    return ids

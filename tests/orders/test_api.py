@@ -1,13 +1,17 @@
 """The orders API: what a client can do, and what it can never do."""
 
 import uuid
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from rest_framework import serializers
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from ordering.messaging.models import OutboxEvent
 from orders.models import Order
+from orders.serializers import OrderSerializer
 from tests.conftest import make_order
 
 pytestmark = pytest.mark.django_db
@@ -81,11 +85,43 @@ def test_list_orders_filters_by_status(api_client, user):
 
 
 def test_token_authentication(user):
-    from rest_framework.authtoken.models import Token
-
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    assert client.post("/api/orders/", VALID, format="json").status_code == 201
+    response = client.post("/api/orders/", VALID, format="json")
+    assert response.status_code == 201
+    assert response.json()["owner"] == user.username
+
+
+@pytest.mark.parametrize("case", ["unknown token", "inactive user", "deleted token"])
+def test_token_authentication_refuses_what_it_must(user, case):
+    token = Token.objects.create(user=user)
+    key = token.key
+    if case == "unknown token":
+        key = "0" * 40
+    elif case == "inactive user":
+        user.is_active = False
+        user.save()
+    else:
+        token.delete()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    response = client.post("/api/orders/", VALID, format="json")
+    assert response.status_code == 401
+    assert not Order.objects.exists()
+
+
+def test_an_order_renders_as_drf_renders_its_declared_fields(user):
+    """OrderSerializer builds its output without DRF's per-instance field copies: same output."""
+    pending = make_order(user)
+    processed = make_order(user, quantity=3, price=Decimal("19.99"))
+    processed.mark_processed(payment_reference="sim_ref")
+    processed.record_fraud_decision(decision="approved", score=0, reasons=[])
+    declined = make_order(user)
+    declined.mark_payment_declined(reason="insufficient funds")
+    declined.record_fraud_decision(decision="approved", score=0, reasons=[])
+    for order in (pending, processed, declined):
+        serializer = OrderSerializer(order)
+        assert serializer.data == serializers.Serializer.to_representation(serializer, order)
 
 
 def test_api_docs_and_schema_are_served(api_client):

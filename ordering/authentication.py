@@ -1,0 +1,35 @@
+"""How API clients authenticate: DRF's token authentication, read in one plain query.
+
+Kept apart from ordering/api.py: DRF imports authentication classes while its views module is
+still loading, so this module must not import rest_framework.views.
+"""
+
+from functools import cache
+
+from django.contrib.auth import get_user_model
+from django.utils.translation import gettext_lazy as _
+from rest_framework import authentication, exceptions
+from rest_framework.authtoken.models import Token
+
+
+class TokenAuthentication(authentication.TokenAuthentication):
+    """DRF's token authentication, with the token and its user read in one plain query.
+
+    Every API request runs it: DRF's own lookup builds an ORM join and two model instances,
+    about a fifth of what a request costs. Same rules: an unknown token or an inactive user is
+    refused.
+    """
+
+    def authenticate_credentials(self, key: str) -> tuple:
+        user = next(iter(get_user_model().objects.raw(_user_of_token_sql(), [key])), None)
+        if user is None:
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
+        if not user.is_active:
+            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
+        return user, Token(key=key, user=user)
+
+
+@cache
+def _user_of_token_sql() -> str:
+    users = get_user_model()._meta.db_table
+    return f"SELECT u.* FROM {users} u JOIN {Token._meta.db_table} t ON t.user_id = u.id WHERE t.key = %s"
