@@ -165,7 +165,45 @@ def pipeline_outcome(sent: list[Sent]) -> dict:
         "end_to_end_ms": percentiles(end_to_end),
         "end_to_end_mean_ms": round(statistics.fmean(end_to_end) * 1000, 1) if end_to_end else None,
         "outbox_lag_ms": percentiles(lag),
+        "stages_ms": stages(ids),
         "statuses": statuses,
+    }
+
+
+# Where the time of a paid order goes, from the timestamps each step writes (all server clocks).
+# published_at is when the relay took the event; its publish and confirm fall in the next stage.
+_STAGES_SQL = """
+    SELECT c.created_at - o.created_at,
+           c.published_at - c.created_at,
+           p.created_at - c.published_at,
+           p.updated_at - p.created_at,
+           r.published_at - r.created_at,
+           o.updated_at - r.published_at
+      FROM orders_order o
+      JOIN messaging_outboxevent c ON c.aggregate_id = o.id::text AND c.event_type = 'orders.order.created'
+      JOIN billing_payment p ON p.order_id = o.id
+      JOIN messaging_outboxevent r ON r.aggregate_id = o.id::text AND r.event_type = 'billing.payment.captured'
+     WHERE o.id = ANY(%s::uuid[]) AND o.status = 'PROCESSED'
+"""
+STAGE_NAMES = (
+    "web: order -> outbox row",
+    "relay: committed -> taken",
+    "relay publish + billing queue + fraud: taken -> payment opened",
+    "billing: payment opened -> outcome",
+    "relay: outcome committed -> taken",
+    "relay publish + orders queue + update: taken -> order terminal",
+)
+
+
+def stages(ids: list[str]) -> dict[str, dict[str, float | None]]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(_STAGES_SQL, [ids])
+        rows = cursor.fetchall()
+    return {
+        name: percentiles([row[i].total_seconds() for row in rows if row[i] is not None])
+        for i, name in enumerate(STAGE_NAMES)
     }
 
 

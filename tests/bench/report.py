@@ -44,6 +44,20 @@ def markdown(result: dict) -> str:
             cpu = s["cpu_ms_per_order"]
             cells = " | ".join(_ms(cpu.get(k)) for k in kinds)
             lines.append(f"| {s['offered_per_second']:g} | {cells} | **{_ms(s['cpu_ms_per_order_total'])}** |")
+        stage_names = list(steps[0].get("stages_ms") or {})
+        if stage_names:
+            lines += [
+                "",
+                "Where a paid order's time goes, p50 / p99 ms (from the timestamps each step writes):",
+                "",
+                "| offered/s | " + " | ".join(stage_names) + " |",
+                "|---:|" + "---:|" * len(stage_names),
+            ]
+            for s in steps:
+                cells = " | ".join(
+                    f"{_ms(s['stages_ms'][n]['p50'])} / {_ms(s['stages_ms'][n]['p99'])}" for n in stage_names
+                )
+                lines.append(f"| {s['offered_per_second']:g} | {cells} |")
         peak = {k: max(s["peak_rss_mb"].get(k, 0) for s in steps) for k in kinds}
         lines += ["", "Peak RSS per process (MB): " + ", ".join(f"{k} {peak[k]:.0f}" for k in kinds)]
     summary = result.get("summary") or {}
