@@ -3,7 +3,7 @@
 import uuid
 from decimal import Decimal
 
-from django.db import models
+from django.db import connection, models
 from django.utils import timezone
 
 from billing.events import PaymentBlocked, PaymentCaptured, PaymentDeclined
@@ -69,6 +69,48 @@ class Payment(EventSourcedModel):
             idempotency_key=cls.idempotency_key_for(order_id),
         )
 
+    @classmethod
+    def open_unless_billed(cls, payments: list["Payment"]) -> set[str]:
+        """Insert these just-opened payments, skipping orders that have one; the order ids inserted.
+
+        One statement for any number of payments: ON CONFLICT on the order, so a redelivery (or a
+        concurrent copy, which waits for the first to commit) finds the order's payment instead.
+        """
+        if not payments:
+            return set()
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _OPEN_SQL,
+                [
+                    PaymentStatus.CHARGING,
+                    now,
+                    now,
+                    [p.id for p in payments],
+                    [p.order_id for p in payments],
+                    [p.amount for p in payments],
+                    [p.currency for p in payments],
+                    [p.buyer for p in payments],
+                    [p.idempotency_key for p in payments],
+                ],
+            )
+            inserted = {str(order_id) for (order_id,) in cursor.fetchall()}
+        for payment in payments:
+            if str(payment.order_id) in inserted:
+                payment.created_at = payment.updated_at = now
+                payment._state.adding = False  # saved: the next save() is an UPDATE
+                payment._state.db = connection.alias
+        return inserted
+
+    @classmethod
+    def lock_charging(cls, pks: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Lock these payments to the end of the transaction; those still charging."""
+        if not pks:
+            return set()
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_CHARGING_SQL, [PaymentStatus.CHARGING, pks])
+            return {pk for (pk,) in cursor.fetchall()}
+
     # Each outcome carries fraud's decision (score, rules hit): orders learns it from the outcome.
 
     def capture(self, *, gateway_reference: str, fraud_score: int, fraud_reasons: list[str]) -> None:
@@ -117,6 +159,23 @@ class Payment(EventSourcedModel):
     def _require_charging(self) -> None:
         if self.status != PaymentStatus.CHARGING:
             raise ValueError(f"payment {self.id} is {self.status}, not {PaymentStatus.CHARGING}")
+
+
+_OPEN_SQL = f"""
+    INSERT INTO {Payment._meta.db_table}
+           (id, order_id, amount, currency, buyer, status, idempotency_key, gateway_reference, outcome_reason,
+            created_at, updated_at)
+    SELECT p.id, p.order_id, p.amount, p.currency, p.buyer, %s, p.idempotency_key, '', '', %s, %s
+      FROM unnest(%s::uuid[], %s::uuid[], %s::numeric[], %s::varchar[], %s::varchar[], %s::varchar[])
+           AS p(id, order_id, amount, currency, buyer, idempotency_key)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING order_id
+"""
+
+
+_LOCK_CHARGING_SQL = f"""
+    SELECT id FROM {Payment._meta.db_table} WHERE status = %s AND id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
+"""
 
 
 class SimulatedCharge(models.Model):

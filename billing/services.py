@@ -45,10 +45,12 @@ def billing_bill_orders(batch: EventBatch) -> None:
     }
     with transaction.atomic():
         fresh = batch.claim([envelope for envelope, order in orders if order.order_id in results])
-        locked = Payment.objects.select_for_update().in_bulk([charging[e.aggregate_id].pk for e in fresh])
+        # Locked, and still charging: another event of the same order may have recorded it first.
+        still_charging = Payment.lock_charging([charging[e.aggregate_id].pk for e in fresh])
         for envelope, _ in batch.each(fresh, OrderCreated):
-            order_id = envelope.aggregate_id
-            _record_outcome(locked[charging[order_id].pk], results[order_id], checks[order_id])
+            payment = charging[envelope.aggregate_id]
+            if payment.pk in still_charging:
+                _record_outcome(payment, results[envelope.aggregate_id], checks[envelope.aggregate_id])
 
 
 def _open_payments(
@@ -60,11 +62,19 @@ def _open_payments(
     before its outcome) gets the decision fraud made then.
     """
     with transaction.atomic():
-        payments = {
-            str(p.order_id): p
-            for p in Payment.objects.select_for_update().filter(order_id__in={o.order_id for _, o in orders})
+        opened = {
+            order.order_id: Payment.open(
+                order_id=order.order_id, amount=Decimal(order.amount), currency=order.currency, buyer=order.buyer
+            )
+            for _, order in orders
         }
-        new = {order.order_id: (envelope, order) for envelope, order in orders if order.order_id not in payments}
+        new = Payment.open_unless_billed(list(opened.values()))
+        payments = {order_id: opened[order_id] for order_id in new}
+        billed_before = [order_id for order_id in opened if order_id not in new]
+        if billed_before:  # a redelivery, a replay or a copy: the payment an earlier delivery opened
+            payments.update(
+                (str(p.order_id), p) for p in Payment.objects.select_for_update().filter(order_id__in=billed_before)
+            )
         to_check = {
             order.order_id: order
             for _, order in orders
@@ -82,20 +92,16 @@ def _open_payments(
                 for order in to_check.values()
             ]
         )
-        opened = []
-        for _, order in batch.each([envelope for envelope, _ in new.values()], OrderCreated):
-            payment = Payment.open(
-                order_id=order.order_id, amount=Decimal(order.amount), currency=order.currency, buyer=order.buyer
-            )
+        first_envelope = {}
+        for envelope, order in orders:
+            first_envelope.setdefault(order.order_id, envelope)
+        rejected = [first_envelope[order_id] for order_id in new if checks[order_id].rejected]
+        for _, order in batch.each(rejected, OrderCreated):
             check = checks[order.order_id]
-            if check.rejected:
-                payment.block(fraud_score=check.score, fraud_reasons=check.reasons)
-                payment.save()
-                logger.info("billing: order %s blocked by fraud: %s", order.order_id, check.reasons)
-            else:
-                opened.append(payment)
-            payments[order.order_id] = payment
-        Payment.objects.bulk_create(opened)
+            payment = payments[order.order_id]
+            payment.block(fraud_score=check.score, fraud_reasons=check.reasons)
+            payment.save(update_fields=["status", "outcome_reason", "updated_at"])
+            logger.info("billing: order %s blocked by fraud: %s", order.order_id, check.reasons)
         # Orders whose billing is over (blocked now, or by an earlier delivery): nothing more to do.
         batch.claim([envelope for envelope, order in orders if payments[order.order_id].is_final])
     return payments, checks
@@ -104,7 +110,7 @@ def _open_payments(
 def _record_outcome(payment: Payment, result: ChargeResult, check: FraudVerdict) -> None:
     """Step 3 for one payment, locked: captured or declined, with its outcome event."""
     if payment.status != PaymentStatus.CHARGING:
-        return  # another event of the same order recorded it first
+        return  # another event of the same order, earlier in this batch, recorded it
     if result.succeeded:
         payment.capture(gateway_reference=result.reference, fraud_score=check.score, fraud_reasons=check.reasons)
     else:

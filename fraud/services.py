@@ -4,6 +4,7 @@ This is the one place another app calls into fraud directly: the seed design cou
 tightly to fraud ("any indication of fraud should cancel the order right away").
 """
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,6 +20,16 @@ from fraud.models import BlockedBuyer, FraudCheck, FraudDecision
 logger = logging.getLogger(__name__)
 
 RULE_SCORES = {"buyer_blocked": 100, "amount_over_limit": 80, "velocity_exceeded": 60}
+
+_INSERT_SQL = f"""
+    INSERT INTO {FraudCheck._meta.db_table}
+           (order_id, buyer, amount, currency, order_created_at, decision, score, reasons, checked_at)
+    SELECT c.order_id, c.buyer, c.amount, c.currency, c.order_created_at, c.decision, c.score, c.reasons::jsonb,
+           c.checked_at
+      FROM unnest(%s::uuid[], %s::varchar[], %s::numeric[], %s::varchar[], %s::timestamptz[], %s::varchar[],
+                  %s::smallint[], %s::text[], %s::timestamptz[])
+           AS c(order_id, buyer, amount, currency, order_created_at, decision, score, reasons, checked_at)
+"""
 
 _RULE_INPUTS_SQL = f"""
     SELECT NULL::uuid, buyer, NULL::timestamptz FROM {BlockedBuyer._meta.db_table} WHERE buyer = ANY(%s::varchar[])
@@ -120,10 +131,33 @@ def fraud_check_orders(*, orders: Sequence[OrderToCheck]) -> dict[str, FraudVerd
         checks[order.order_id] = check
         new.append(check)
         logger.info("fraud: order %s %s %s", order.order_id, check.decision, reasons or "")
-    # A concurrent first decision on one of these orders would fail this insert on the unique
-    # order id, and the caller's transaction with it: the retry then finds that decision.
-    FraudCheck.objects.bulk_create(new)
+    _insert(new)
     return {order_id: FraudVerdict.of(check) for order_id, check in checks.items()}
+
+
+def _insert(checks: list[FraudCheck]) -> None:
+    """One statement for the batch's new decisions (a plain insert: every order runs it).
+
+    A concurrent first decision on one of these orders fails it on the unique order id, and the
+    caller's transaction with it: the retry then finds that decision.
+    """
+    if not checks:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_SQL,
+            [
+                [c.order_id for c in checks],
+                [c.buyer for c in checks],
+                [c.amount for c in checks],
+                [c.currency for c in checks],
+                [c.order_created_at for c in checks],
+                [c.decision for c in checks],
+                [c.score for c in checks],
+                [json.dumps(c.reasons) for c in checks],
+                [c.checked_at for c in checks],
+            ],
+        )
 
 
 def fraud_check_order(

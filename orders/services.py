@@ -1,12 +1,12 @@
 """Order services: create an order, apply the outcomes other apps report about it."""
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django_fsm import TransitionNotAllowed
 
@@ -112,7 +112,15 @@ def _transition(order_id: str, target: str, move: Callable[[Order], None], fraud
 
 
 def _order_for_update(order_id: str) -> Order:
+    """The order, locked to the end of the transaction (a plain query: every outcome runs it)."""
     try:
-        return Order.objects.select_for_update().get(pk=order_id)
-    except (Order.DoesNotExist, ValueError, ValidationError) as exc:
-        raise PermanentError(f"order {order_id} does not exist") from exc
+        pk = uuid.UUID(order_id)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise PermanentError(f"order {order_id!r} does not exist") from exc
+    order = next(iter(Order.objects.raw(_LOCK_ORDER_SQL, [pk])), None)
+    if order is None:
+        raise PermanentError(f"order {order_id} does not exist")
+    return order
+
+
+_LOCK_ORDER_SQL = f"SELECT * FROM {Order._meta.db_table} WHERE id = %s FOR UPDATE"

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import random
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from celery import Task, shared_task
 from celery.app.task import Context
 from celery.exceptions import Retry
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from ordering import catalogue
 from ordering.messaging.context import handling_event
@@ -193,16 +194,17 @@ def event_consumer(
 
 
 def ensure_usable_database() -> None:
-    """Drop database connections a restart broke, before a batch uses them.
+    """Before a batch: drop the connection if it is older than CONN_MAX_AGE or a failure left it in doubt.
 
-    With CELERY_DB_REUSE_MAX, Celery keeps connections across tasks without Django's
-    request-cycle checks, so after a PostgreSQL restart every batch would fail on the dead
-    connection. This runs those checks: unusable or too old connections are closed, and the
-    next query health-checks (and if needed reopens) its connection. Inside a transaction (a
-    caller's, as in a test) the connection is in use and left alone.
+    No query on the way (a health check would cost a round trip per batch): a connection that a
+    database restart broke since the last batch is found by the batch itself, which then runs
+    again at once on a new connection (`_handle_reconnecting`). Inside a transaction (a caller's,
+    as in a test) the connection is in use and left alone.
     """
-    if not connection.in_atomic_block:
-        close_old_connections()
+    if connection.connection is None or connection.in_atomic_block:
+        return
+    if connection.errors_occurred or (connection.close_at is not None and time.monotonic() >= connection.close_at):
+        connection.close_if_unusable_or_obsolete()
 
 
 def retry_countdown(retries: int) -> int:
@@ -243,7 +245,7 @@ def consume(task: EventConsumerTask, deliveries: list[Delivery]) -> list[Outcome
             outcomes[index] = _fail(task, delivery, exc, _envelope_dict(delivery))
     if parsed:
         try:
-            _handle(task, [item for _, item in parsed])
+            _handle_reconnecting(task, [item for _, item in parsed])
             for index, _ in parsed:
                 outcomes[index] = Outcome.ACK
         except SoftTimeLimitExceeded as exc:
@@ -259,6 +261,26 @@ def consume(task: EventConsumerTask, deliveries: list[Delivery]) -> list[Outcome
                 for index, item in parsed:
                     outcomes[index] = _consume_alone(task, item)
     return [outcome or Outcome.REJECT for outcome in outcomes]
+
+
+def _handle_reconnecting(task: EventConsumerTask, items: list[_Parsed]) -> None:
+    """`_handle`, and once more at once after a database error.
+
+    A connection that a database restart broke since the last batch fails the batch's first
+    statement; Django has replaced it by the time the error arrives here, so the second run
+    works. (A deadlock is worth an immediate second run too; a database that is down fails it
+    as fast, and the retry policy takes over.) Safe to run again: a transactional handler's work
+    was rolled back, and a stepwise handler resumes from what it committed, as after any
+    redelivery.
+    """
+    try:
+        _handle(task, items)
+    except (OperationalError, InterfaceError) as exc:
+        if connection.in_atomic_block:
+            raise
+        logger.warning("%s: %s: %s; running the batch once more", task.name, type(exc).__name__, exc)
+        connection.close()
+        _handle(task, items)
 
 
 def _consume_alone(task: EventConsumerTask, item: _Parsed) -> Outcome:
