@@ -7,6 +7,7 @@ still loading, so this module must not import rest_framework.views.
 from functools import cache
 
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
@@ -21,15 +22,27 @@ class TokenAuthentication(authentication.TokenAuthentication):
     """
 
     def authenticate_credentials(self, key: str) -> tuple:
-        user = next(iter(get_user_model().objects.raw(_user_of_token_sql(), [key])), None)
-        if user is None:
+        user_model = get_user_model()
+        sql, columns = _user_of_token_sql()
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [key])
+            row = cursor.fetchone()
+        if row is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
+        user = user_model.from_db(connection.alias, columns, row)
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
         return user, Token(key=key, user=user)
 
 
 @cache
-def _user_of_token_sql() -> str:
-    users = get_user_model()._meta.db_table
-    return f"SELECT u.* FROM {users} u JOIN {Token._meta.db_table} t ON t.user_id = u.id WHERE t.key = %s"
+def _user_of_token_sql() -> tuple[str, list[str]]:
+    user_model = get_user_model()
+    fields = user_model._meta.concrete_fields
+    columns = [field.attname for field in fields]
+    selected = ", ".join(f"u.{field.column}" for field in fields)
+    sql = (
+        f"SELECT {selected} FROM {user_model._meta.db_table} u "
+        f"JOIN {Token._meta.db_table} t ON t.user_id = u.{user_model._meta.pk.column} WHERE t.key = %s"
+    )
+    return sql, columns

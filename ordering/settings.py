@@ -219,6 +219,8 @@ MESSAGING = {
     "CONSUMER_BATCH_MAX": CONSUMER_BATCH_MAX,
     "RELAY_BATCH_SIZE": env.int("RELAY_BATCH_SIZE", default=100),
     "RELAY_SWEEP_SECONDS": env.float("RELAY_SWEEP_SECONDS", default=2.0),
+    # The shortest time between two batches: under load, commits gather into one batch meanwhile.
+    "RELAY_COALESCE_MS": env.float("RELAY_COALESCE_MS", default=5),
     "RELAY_CONFIRM_TIMEOUT_SECONDS": env.float("RELAY_CONFIRM_TIMEOUT_SECONDS", default=10.0),
     "RELAY_ERROR_BACKOFF_MAX_SECONDS": env.float("RELAY_ERROR_BACKOFF_MAX_SECONDS", default=5.0),
     "REPLAY_MAX_REPLAYS": env.int("REPLAY_MAX_REPLAYS", default=3),

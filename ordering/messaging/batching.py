@@ -55,6 +55,11 @@ class _Waiting:
     def redelivered(self) -> bool:
         return bool(self.delivery.delivery_info.get("redelivered"))
 
+    @property
+    def tag(self) -> tuple[int, int]:
+        """(channel, delivery tag): tags count per channel, and a reconnection starts a new one."""
+        return id(self.message.channel), self.message.delivery_tag
+
 
 class Batcher:
     """One per worker consumer: the waiting messages of every consumer task, and the batches in flight."""
@@ -72,6 +77,8 @@ class Batcher:
         self.soft_time_limit = app.conf.task_soft_time_limit
         self.time_limit = app.conf.task_time_limit
         self.waiting: deque[_Waiting] = deque()
+        # Received and neither acked nor rejected yet (waiting, held for an ETA, or in flight).
+        self.unsettled: set[tuple[int, int]] = set()
         self.in_flight = 0
         self._flush_scheduled = False
 
@@ -101,6 +108,7 @@ class Batcher:
             logger.info(LOG_RECEIVED, task.name, delivery.task_id)
         self._event("task-received", delivery, name=task.name, retries=delivery.retries)
         waiting = _Waiting(task, message, ack, reject, delivery, time.monotonic())
+        self.unsettled.add(waiting.tag)
         eta = _eta(delivery)
         if eta is not None and eta > time.time():
             # A retry whose delay RabbitMQ did not hold (or held a little short): wait here,
@@ -141,7 +149,13 @@ class Batcher:
                 batch.append(self.waiting.popleft())
         # A message of a channel that has closed since (connection lost) cannot be acked any
         # more; RabbitMQ has already put it back in its queue for the next delivery.
-        return [w for w in batch if w.message.channel is not None and w.message.channel.is_open]
+        live = []
+        for waiting in batch:
+            if waiting.message.channel is not None and waiting.message.channel.is_open:
+                live.append(waiting)
+            else:
+                self.unsettled.discard(waiting.tag)
+        return live
 
     def _apply(self, batch: list[_Waiting]) -> None:
         self.in_flight += 1
@@ -160,16 +174,32 @@ class Batcher:
 
     def _done(self, batch: list[_Waiting], outcomes: list[str]) -> None:
         self.in_flight -= 1
+        acked = [w for w, outcome in zip(batch, outcomes, strict=True) if outcome != Outcome.REJECT]
         for waiting, outcome in zip(batch, outcomes, strict=True):
             if outcome == Outcome.REJECT:
+                self.unsettled.discard(waiting.tag)
                 waiting.reject(logger, self.connection_errors, False)
                 self._event("task-failed", waiting.delivery, exception="failed for good (dead-lettered)")
-            else:
-                waiting.ack(logger, self.connection_errors)
-                self._event(
-                    "task-succeeded", waiting.delivery, runtime=round(time.monotonic() - waiting.received_at, 6)
-                )
+        self._ack(acked)
+        for waiting in acked:
+            self._event("task-succeeded", waiting.delivery, runtime=round(time.monotonic() - waiting.received_at, 6))
         self._schedule_flush()
+
+    def _ack(self, batch: list[_Waiting]) -> None:
+        """Ack the batch's messages: with one `multiple` ack when that acks exactly these."""
+        if not batch:
+            return
+        tags = {w.tag for w in batch}
+        self.unsettled -= tags
+        last = max(batch, key=lambda w: w.tag)
+        channel = last.tag[0]
+        # multiple=True acks every unacked delivery up to `last` on its channel: right only if
+        # none of them is still waiting or in flight elsewhere.
+        if not any(c == channel and tag < last.tag[1] for c, tag in self.unsettled):
+            last.ack(logger, self.connection_errors, True)
+            return
+        for waiting in batch:
+            waiting.ack(logger, self.connection_errors)
 
     def _lost(self, batch: list[_Waiting], exc_info: Any) -> None:
         """The pool process died (or passed the hard time limit): every message goes back to its queue."""
@@ -183,6 +213,7 @@ class Batcher:
             ", ".join(f"{w.task.name}[{w.delivery.task_id}]" for w in batch),
         )
         for waiting in batch:
+            self.unsettled.discard(waiting.tag)
             waiting.reject(logger, self.connection_errors, True)
         self._schedule_flush()
 

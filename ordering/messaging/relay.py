@@ -102,6 +102,7 @@ class OutboxRelay:
         self.sweep_seconds = messaging["RELAY_SWEEP_SECONDS"]
         self.confirm_timeout = messaging["RELAY_CONFIRM_TIMEOUT_SECONDS"]
         self.backoff_max = messaging["RELAY_ERROR_BACKOFF_MAX_SECONDS"]
+        self.coalesce_seconds = messaging["RELAY_COALESCE_MS"] / 1000
         self.heartbeat = Path(messaging["RELAY_HEARTBEAT_FILE"]) if messaging["RELAY_HEARTBEAT_FILE"] else None
         self._listener: psycopg.Connection | None = None
         self._broker: Connection | None = None
@@ -191,11 +192,19 @@ class OutboxRelay:
         """Publish until `stop` is set; survive broker and database outages."""
         backoff = 0.1
         logger.info("relay: started (batch %d, sweep %.1fs)", self.batch_size, self.sweep_seconds)
+        last_batch = touched = 0.0
         while not stop.is_set():
-            if self.heartbeat:
+            if self.heartbeat and time.monotonic() - touched >= 1:
                 self.heartbeat.touch()
+                touched = time.monotonic()
             try:
                 self._listen()
+                # Under load, commits come faster than batches: let them gather for a moment so
+                # that one batch (one transaction, one confirm wait) takes several. An event that
+                # comes after a quiet spell is published at once.
+                if (gather := self.coalesce_seconds - (time.monotonic() - last_batch)) > 0:
+                    stop.wait(gather)
+                last_batch = time.monotonic()
                 while not stop.is_set() and self.publish_pending() == self.batch_size:
                     pass
                 backoff = 0.1
