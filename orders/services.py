@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django_fsm import TransitionNotAllowed
 
 from ordering.messaging.context import current_correlation_id
@@ -111,15 +111,20 @@ def _transition(order_id: str, target: str, move: Callable[[Order], None], fraud
 
 
 def _order_for_update(order_id: str) -> Order:
-    """The order, locked to the end of the transaction (a plain query: every outcome runs it)."""
+    """The order's id and status, locked to the end of the transaction; other fields load if used.
+
+    A plain query: every outcome runs it, and the transitions need the status only.
+    """
     try:
         pk = uuid.UUID(order_id)
     except (ValueError, TypeError, AttributeError) as exc:
         raise PermanentError(f"order {order_id!r} does not exist") from exc
-    order = next(iter(Order.objects.raw(_LOCK_ORDER_SQL, [pk])), None)
-    if order is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_ORDER_SQL, [pk])
+        row = cursor.fetchone()
+    if row is None:
         raise PermanentError(f"order {order_id} does not exist")
-    return order
+    return Order.from_db(connection.alias, ["id", "status"], row)
 
 
-_LOCK_ORDER_SQL = f"SELECT * FROM {Order._meta.db_table} WHERE id = %s FOR UPDATE"
+_LOCK_ORDER_SQL = f"SELECT id, status FROM {Order._meta.db_table} WHERE id = %s FOR UPDATE"
