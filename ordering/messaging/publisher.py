@@ -30,7 +30,15 @@ class OutgoingMessage:
 
 
 class PublishFailed(Exception):
-    """The broker did not confirm every message of a batch; none of it may be counted as published."""
+    """The broker did not take every message of a batch; none of it may be counted as published.
+
+    `returned` lists the positions of the messages the broker returned as unroutable, when that
+    was the only failure: the other messages of the batch were then confirmed.
+    """
+
+    def __init__(self, message: str, returned: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.returned = returned
 
 
 class ConfirmedPublisher:
@@ -47,7 +55,7 @@ class ConfirmedPublisher:
         self._published = 0  # delivery tags the broker gave this channel's publishes: 1, 2, ...
         self._unconfirmed: set[int] = set()
         self._nacked = 0
-        self._returned: list[str] = []
+        self._returned: list[tuple[str, bytes]] = []
 
     def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish `messages` (persistent, mandatory); return once the broker confirmed them all."""
@@ -78,8 +86,10 @@ class ConfirmedPublisher:
             self.close()
             raise
         if self._returned or self._nacked:
+            returned_to = sorted({routing_key for routing_key, _ in self._returned})
             raise PublishFailed(
-                f"{len(self._returned)} returned ({', '.join(sorted(set(self._returned)))}), {self._nacked} nacked"
+                f"{len(self._returned)} returned ({', '.join(returned_to)}), {self._nacked} nacked",
+                returned=None if self._nacked else _positions(messages, self._returned),
             )
 
     def close(self) -> None:
@@ -114,7 +124,22 @@ class ConfirmedPublisher:
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: amqp.Message) -> None:
         # basic.return comes before the ack of the same message: the batch fails when it is acked.
-        self._returned.append(routing_key)
+        body = message.body
+        if isinstance(body, str):  # py-amqp decodes a body that declares its encoding
+            body = body.encode(message.properties.get("content_encoding") or "utf-8")
+        self._returned.append((routing_key, body))
+
+
+def _positions(messages: Sequence[OutgoingMessage], returned: list[tuple[str, bytes]]) -> list[int] | None:
+    """Which of `messages` came back (known by routing key and body); None if not all can be told."""
+    left = list(returned)
+    positions = []
+    for position, message in enumerate(messages):
+        key = (message.routing_key, message.body)
+        if key in left:
+            left.remove(key)
+            positions.append(position)
+    return None if left else positions
 
 
 def connection_for_confirmed_batches(app) -> Connection:

@@ -5,6 +5,8 @@ Safety rules, each with a reason:
   again and returns to the DLQ is not replayed a second time in the same run;
 - a dead letter is acked only after RabbitMQ confirmed its republish, so an interruption at any
   moment leaves it in the DLQ (at worst it is also back in its queue: consumers are idempotent);
+  dead letters go back in batches with one wait for the broker's confirms, and a batch that
+  fails goes again one message at a time, so each dead letter's outcome is its own;
 - skipped messages stay unacked until the end of the run and then go back to the DLQ;
 - body, headers and properties are kept; the `x-replay-count` header counts replays, and a
   message replayed too often is refused unless forced.
@@ -16,15 +18,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kombu import Connection, Producer
+from django.conf import settings
+from kombu import Connection
 from kombu.message import Message
 
 from ordering import catalogue
+from ordering.messaging.publisher import ConfirmedPublisher, OutgoingMessage, PublishFailed
 from ordering.messaging.topology import dead_letter_queue, declare_topology
 
 logger = logging.getLogger(__name__)
 
 REPLAY_COUNT_HEADER = "x-replay-count"
+# Dead letters republished before one wait for the broker's confirms.
+REPLAY_BATCH_SIZE = 200
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,13 @@ def _replay_queue(
     report: Reporter,
 ) -> None:
     channel = connection.channel()
+    publisher = ConfirmedPublisher(connection, confirm_timeout=settings.MESSAGING["RELAY_CONFIRM_TIMEOUT_SECONDS"])
     try:
         dlq = dead_letter_queue(queue).bind(channel)
         _, present, _ = dlq.queue_declare(passive=True)
-        producer = Producer(channel)
+        batch: list[tuple[Message, DeadLetterMessage]] = []
         for _ in range(present):
-            if criteria.limit is not None and len(summary.replayed) >= criteria.limit:
+            if criteria.limit is not None and len(summary.replayed) + len(batch) >= criteria.limit:
                 break
             message = dlq.get(no_ack=False, accept=None)
             if message is None:
@@ -126,18 +133,67 @@ def _replay_queue(
                 summary.replayed.append(letter)
                 report("would replay", letter, "")
                 continue
+            batch.append((message, letter))
+            if len(batch) >= REPLAY_BATCH_SIZE:
+                _replay_batch(publisher, batch, criteria, summary, report)
+                batch = []
+        _replay_batch(publisher, batch, criteria, summary, report)
+    finally:
+        publisher.close()
+        # Closing returns every unacked (skipped, dry-run or failed) message to the DLQ.
+        channel.close()
+
+
+def _replay_batch(
+    publisher: ConfirmedPublisher,
+    batch: list[tuple[Message, DeadLetterMessage]],
+    criteria: ReplayCriteria,
+    summary: ReplaySummary,
+    report: Reporter,
+) -> None:
+    """Republish `batch`, wait for the broker's confirms once, then ack each dead letter.
+
+    If the batch fails, its messages go one at a time, so that each one's outcome is known: a
+    dead letter is acked only when its own republish was confirmed.
+    """
+    if not batch:
+        return
+    outgoing = [_replayed(message, letter, criteria) for message, letter in batch]
+    try:
+        _publish(publisher, outgoing)
+    except PublishFailed as exc:
+        if exc.returned is None:
+            raise
+        # Only unroutable messages failed (their queue is gone); the broker confirmed the rest.
+        for position, (message, letter) in enumerate(batch):
+            if position in exc.returned:
+                summary.failed.append((letter, f"returned: no queue {letter.origin_queue!r}"))
+                report("failed", letter, f"returned: no queue {letter.origin_queue!r}")
+            else:
+                _acked(message, letter, summary, report)
+        return
+    except Exception:
+        for (message, letter), replayed in zip(batch, outgoing, strict=True):
             try:
-                _republish(producer, message, letter, criteria)
+                _publish(publisher, [replayed])
             except Exception as exc:  # the dead letter stays where it is
                 summary.failed.append((letter, f"{type(exc).__name__}: {exc}"))
                 report("failed", letter, str(exc))
                 continue
-            message.ack()
-            summary.replayed.append(letter)
-            report("replayed", letter, "")
-    finally:
-        # Closing returns every unacked (skipped or dry-run) message to the DLQ.
-        channel.close()
+            _acked(message, letter, summary, report)
+        return
+    for message, letter in batch:
+        _acked(message, letter, summary, report)
+
+
+def _acked(message: Message, letter: DeadLetterMessage, summary: ReplaySummary, report: Reporter) -> None:
+    message.ack()
+    summary.replayed.append(letter)
+    report("replayed", letter, "")
+
+
+def _publish(publisher: ConfirmedPublisher, messages: list[OutgoingMessage]) -> None:
+    publisher.publish(messages)
 
 
 def _reason_to_skip(letter: DeadLetterMessage, criteria: ReplayCriteria) -> str:
@@ -154,30 +210,24 @@ def _reason_to_skip(letter: DeadLetterMessage, criteria: ReplayCriteria) -> str:
     return ""
 
 
-def _republish(producer: Producer, message: Message, letter: DeadLetterMessage, criteria: ReplayCriteria) -> None:
+def _replayed(message: Message, letter: DeadLetterMessage, criteria: ReplayCriteria) -> OutgoingMessage:
+    """The dead letter as it goes back: same body, headers and properties, replay counted."""
     headers = dict(message.headers or {})
     headers[REPLAY_COUNT_HEADER] = letter.replay_count + 1
     if criteria.reset_retries:
         headers["retries"] = 0
     properties = {
-        key: value
-        for key, value in (message.properties or {}).items()
-        if key not in ("application_headers", "content_type", "content_encoding")
+        key: value for key, value in (message.properties or {}).items() if key not in ("application_headers",)
     }
+    properties.setdefault("delivery_mode", 2)
+    body = message.body
+    if isinstance(body, str):
+        body = body.encode(message.content_encoding or "utf-8")
     # The default exchange routes straight to the queue named by the routing key: the message
-    # goes back to exactly the queue that rejected it. publish() waits for the broker's confirm.
-    producer.publish(
-        message.body,
-        exchange="",
-        routing_key=letter.origin_queue,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        # If the queue is gone the broker returns the message (py-amqp raises) instead of
-        # confirming and dropping it, and the dead letter is not acked.
-        mandatory=True,
-        retry=False,
-        **properties,
+    # goes back to exactly the queue that rejected it. Mandatory (the publisher's rule): if the
+    # queue is gone the broker returns the message instead of confirming and dropping it.
+    return OutgoingMessage(
+        exchange="", routing_key=letter.origin_queue, body=body, headers=headers, properties=properties
     )
 
 

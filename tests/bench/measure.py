@@ -332,6 +332,7 @@ def replay_throughput(count: int) -> dict:
 
     from ordering import catalogue
     from ordering.celery import app
+    from ordering.messaging.publisher import connection_for_confirmed_batches
     from ordering.messaging.replay import ReplayCriteria, replay_dead_letters
     from ordering.messaging.topology import consumer_queue, declare_topology
     from tests.bench.system import queue_depth
@@ -366,7 +367,7 @@ def replay_throughput(count: int) -> dict:
     deadline = time.monotonic() + 30
     while queue_depth(dlq) < count and time.monotonic() < deadline:
         time.sleep(0.1)
-    with app.connection_for_write() as connection:
+    with connection_for_confirmed_batches(app) as connection:
         started = time.monotonic()
         summary = replay_dead_letters(connection, ReplayCriteria(queues=(queue,)))
         elapsed = time.monotonic() - started

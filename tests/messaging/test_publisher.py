@@ -40,9 +40,11 @@ def test_a_batch_is_in_its_queue_once_publish_returns(broker, publisher):
     assert {m.properties["delivery_mode"] for m in messages} == {2}
 
 
-def test_an_unroutable_message_fails_the_whole_batch(broker, publisher):
-    with pytest.raises(PublishFailed, match="1 returned"):
+def test_an_unroutable_message_fails_the_whole_batch_and_says_which(broker, publisher):
+    with pytest.raises(PublishFailed, match="1 returned") as failed:
         publisher.publish([message(1), message(2, routing_key="no.such.queue"), message(3)])
+    assert failed.value.returned == [1]  # the others were confirmed
+    assert sorted(m.headers["n"] for m in drain(broker, catalogue.BILLING_QUEUE)) == [1, 3]
 
 
 def test_the_next_batch_after_a_failure_is_confirmed(broker, publisher):

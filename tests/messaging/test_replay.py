@@ -10,7 +10,6 @@ from django.core.management.base import CommandError
 from kombu import Producer
 
 from ordering import catalogue
-from ordering.celery import app
 from ordering.messaging import replay as replay_module
 from ordering.messaging.replay import REPLAY_COUNT_HEADER
 from tests.messaging.conftest import drain
@@ -27,8 +26,13 @@ def put_dead_letter(
     event_type: str = "orders.order.created",
     replays: int = 0,
     queue: str = catalogue.BILLING_QUEUE,
+    origin: str | None = None,
 ) -> str:
-    """A message as RabbitMQ dead-letters it: Celery body and headers plus x-death."""
+    """A message as RabbitMQ dead-letters it from `queue`: Celery body and headers plus x-death.
+
+    `origin` is the queue its x-death names (normally `queue` itself).
+    """
+    origin = origin or queue
     task_id = str(uuid.uuid4())
     envelope = {"event_id": str(uuid.uuid4()), "event_type": event_type, "aggregate_id": order_id or str(uuid.uuid4())}
     headers = {
@@ -37,7 +41,7 @@ def put_dead_letter(
         "retries": 3,
         # Most recent first: the consumer queue's rejection, then the delay queue it passed through.
         "x-death": [
-            {"queue": queue, "reason": "rejected", "count": 1, "exchange": "", "routing-keys": [queue]},
+            {"queue": origin, "reason": "rejected", "count": 1, "exchange": "", "routing-keys": [origin]},
             {"queue": "celery_delayed_1", "reason": "expired", "count": 1, "exchange": "", "routing-keys": ["x"]},
         ],
     }
@@ -104,7 +108,7 @@ def test_failed_republish_leaves_the_dead_letter_in_place(broker, monkeypatch):
     def broken(*args, **kwargs):
         raise ConnectionError("broker went away mid-replay")
 
-    monkeypatch.setattr(replay_module, "_republish", broken)
+    monkeypatch.setattr(replay_module, "_publish", broken)
     with pytest.raises(CommandError, match="could not be replayed"):
         replay()
     assert len(drain(broker, BILLING_DLQ)) == 1
@@ -114,21 +118,45 @@ def test_failed_republish_leaves_the_dead_letter_in_place(broker, monkeypatch):
 def test_replay_handles_only_messages_present_at_start(broker, monkeypatch):
     """A message dead-lettered again during the run is not taken a second time."""
     put_dead_letter(broker)
-    original = replay_module._republish
+    original = replay_module._publish
 
-    def republish_and_fail_again(producer, message, letter, criteria):
-        original(producer, message, letter, criteria)
+    def republish_and_fail_again(publisher, messages):
+        original(publisher, messages)
         put_dead_letter(broker)  # the consumer rejected it again at once
 
-    monkeypatch.setattr(replay_module, "_republish", republish_and_fail_again)
+    monkeypatch.setattr(replay_module, "_publish", republish_and_fail_again)
     assert "replayed 1, skipped 0" in replay()
     assert len(drain(broker, BILLING_DLQ)) == 1
 
 
-def test_connection_is_the_apps(broker):
-    # replay_dead_letters publishes with confirms: the app's transport options apply to it.
-    with app.connection_for_write() as conn:
-        assert conn.transport_options.get("confirm_publish") is True
+def test_dead_letters_go_back_in_batches_with_one_confirm_wait_each(broker, monkeypatch):
+    for _ in range(replay_module.REPLAY_BATCH_SIZE + 50):
+        put_dead_letter(broker)
+    batches = []
+    original = replay_module._publish
+
+    def counting(publisher, messages):
+        batches.append(len(messages))
+        original(publisher, messages)
+
+    monkeypatch.setattr(replay_module, "_publish", counting)
+    assert f"replayed {replay_module.REPLAY_BATCH_SIZE + 50}, skipped 0, failed 0" in replay()
+    assert batches == [replay_module.REPLAY_BATCH_SIZE, 50]
+    assert drain(broker, BILLING_DLQ) == []
+    assert len(drain(broker, catalogue.BILLING_QUEUE)) == replay_module.REPLAY_BATCH_SIZE + 50
+
+
+def test_one_message_that_cannot_go_back_fails_alone(broker, monkeypatch):
+    put_dead_letter(broker)
+    put_dead_letter(broker, origin=catalogue.ORDERS_QUEUE)  # its way back is gone
+    put_dead_letter(broker)
+    monkeypatch.setattr(replay_module, "declare_topology", lambda connection: None)
+    broker.default_channel.queue_delete(catalogue.ORDERS_QUEUE)
+    with pytest.raises(CommandError, match="1 dead letters could not be replayed"):
+        replay("--queue", catalogue.BILLING_QUEUE)
+    assert len(drain(broker, catalogue.BILLING_QUEUE)) == 2
+    [left] = drain(broker, BILLING_DLQ)
+    assert left.headers["x-death"][0]["queue"] == catalogue.ORDERS_QUEUE
 
 
 def test_replay_to_a_missing_queue_keeps_the_dead_letter(broker, monkeypatch):

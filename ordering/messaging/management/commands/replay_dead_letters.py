@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ordering import catalogue
 from ordering.celery import app
+from ordering.messaging.publisher import connection_for_confirmed_batches
 from ordering.messaging.replay import DeadLetterMessage, ReplayCriteria, replay_dead_letters
 from ordering.messaging.selectors import dead_letter_failure
 
@@ -50,7 +51,7 @@ class Command(BaseCommand):
             force=options["force"],
             max_replays=options["max_replays"],
         )
-        with app.connection_for_write() as connection:
+        with connection_for_confirmed_batches(app) as connection:
             connection.ensure_connection(max_retries=3)
             summary = replay_dead_letters(connection, criteria, report=self._report)
         verb = "would replay" if criteria.dry_run else "replayed"
