@@ -167,6 +167,9 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127
 # Publisher confirms: a publish returns only once RabbitMQ has taken responsibility for the message.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker keeps trying to reach the broker for as long as it is away (Celery gives up after 100
+# attempts and exits by default; at a few seconds an attempt that would be a few minutes).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_HEARTBEAT = env.int("CELERY_BROKER_HEARTBEAT", default=30)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -193,6 +196,8 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=60)
 # Worker log lines go through LOGGING above, so they carry the correlation id too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
+# The worker's consumer, with reconnection intervals of our choosing (ordering/celery.py).
+CELERY_WORKER_CONSUMER = "ordering.celery:Consumer"
 # Results: successes are not stored (no extra write on the happy path); failures are, with the
 # traceback, task arguments and worker, in django-celery-results: the dead-letter details.
 # django-celery-results ("django-db"), through a connection that a database failure inside the
@@ -222,7 +227,9 @@ MESSAGING = {
     # The shortest time between two batches: under load, commits gather into one batch meanwhile.
     "RELAY_COALESCE_MS": env.float("RELAY_COALESCE_MS", default=5),
     "RELAY_CONFIRM_TIMEOUT_SECONDS": env.float("RELAY_CONFIRM_TIMEOUT_SECONDS", default=10.0),
-    "RELAY_ERROR_BACKOFF_MAX_SECONDS": env.float("RELAY_ERROR_BACKOFF_MAX_SECONDS", default=5.0),
+    "RELAY_ERROR_BACKOFF_MAX_SECONDS": env.float("RELAY_ERROR_BACKOFF_MAX_SECONDS", default=2.0),
+    # Longest wait between a worker's attempts to reach a broker that went away.
+    "BROKER_RECONNECT_MAX_SECONDS": env.float("BROKER_RECONNECT_MAX_SECONDS", default=2.0),
     "REPLAY_MAX_REPLAYS": env.int("REPLAY_MAX_REPLAYS", default=3),
     # If set, the relay touches this file on every loop: a liveness probe for containers.
     "RELAY_HEARTBEAT_FILE": env.str("RELAY_HEARTBEAT_FILE", default=""),
