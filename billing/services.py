@@ -11,6 +11,7 @@ from billing.models import Payment, PaymentStatus
 from fraud.services import FraudVerdict, OrderToCheck, fraud_check_orders
 from ordering.messaging.consumer import EventBatch
 from ordering.messaging.envelope import Envelope
+from ordering.messaging.outbox import outbox_collected
 from orders.events import OrderCreated
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def billing_bill_orders(batch: EventBatch) -> None:
         )
         for order_id, payment in charging.items()
     }
-    with transaction.atomic():
+    with transaction.atomic(), outbox_collected():
         fresh = batch.claim([envelope for envelope, order in orders if order.order_id in results])
         # Locked, and still charging: another event of the same order may have recorded it first.
         still_charging = Payment.lock_charging([charging[e.aggregate_id].pk for e in fresh])
@@ -61,7 +62,7 @@ def _open_payments(
     Fraud decides on the new orders; a payment still charging (an earlier delivery stopped
     before its outcome) gets the decision fraud made then.
     """
-    with transaction.atomic():
+    with transaction.atomic(), outbox_collected():
         opened = {
             order.order_id: Payment.open(
                 order_id=order.order_id, amount=Decimal(order.amount), currency=order.currency, buyer=order.buyer

@@ -8,7 +8,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from ordering import catalogue
+from ordering.celery import app
 from ordering.messaging.envelope import DomainEvent, Envelope
+from ordering.messaging.topology import declare_topology
 from orders.models import Order
 from orders.services import order_create
 
@@ -23,6 +26,18 @@ def api_client(user) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
     return client
+
+
+@pytest.fixture
+def broker():
+    """A connection to the test vhost with the topology declared and every queue empty."""
+    with app.connection_for_write() as conn:
+        declare_topology(conn)
+        channel = conn.default_channel
+        for queue in catalogue.CONSUMER_QUEUES:
+            channel.queue_purge(queue)
+            channel.queue_purge(catalogue.dead_letter_queue(queue))
+        yield conn
 
 
 def make_order(owner, **overrides) -> Order:

@@ -47,6 +47,7 @@ from ordering.messaging.context import handling_event
 from ordering.messaging.envelope import DomainEvent, Envelope
 from ordering.messaging.errors import MalformedEnvelope, TransientError, UnknownEventVersion
 from ordering.messaging.inbox import inbox_claim
+from ordering.messaging.outbox import outbox_collected
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def _handle(task: EventConsumerTask, items: list[_Parsed]) -> None:
     if not task.transactional:
         task.handler(EventBatch(task.name, envelopes))
         return
-    with transaction.atomic():
+    with transaction.atomic(), outbox_collected():
         for envelope in inbox_claim(consumer=task.name, envelopes=envelopes):
             with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
                 task.handler(envelope)

@@ -7,7 +7,10 @@ the relay (ordering/messaging/relay.py) publishes it afterwards.
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from django.db import connection, models
 from django.utils import timezone
@@ -62,6 +65,19 @@ class EventSourcedModel(models.Model):
         return self.__dict__.pop("_staged_events", [])
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """An event to write, with the request or event it was staged for."""
+
+    event: DomainEvent
+    correlation_id: str
+    causation_id: uuid.UUID | None
+
+
+# Events waiting for the end of an `outbox_collected()` block (None outside of one).
+_collected: ContextVar[list[_Pending] | None] = ContextVar("outbox_collected", default=None)
+
+
 def write_staged_events(sender: type, instance: EventSourcedModel, raw: bool = False, **kwargs) -> None:
     """post_save receiver: move the instance's staged events into the outbox, same transaction."""
     if raw:  # fixture loading: no domain change happened
@@ -72,7 +88,31 @@ def write_staged_events(sender: type, instance: EventSourcedModel, raw: bool = F
     if not connection.in_atomic_block:
         # Under autocommit the row is already committed: an outbox write now could be lost.
         raise RuntimeError(f"{sender.__name__} emitting events must be saved inside transaction.atomic()")
-    outbox_record(events)
+    pending = [_Pending(event, current_correlation_id(), current_causation_id()) for event in events]
+    collected = _collected.get()
+    if collected is None:
+        _insert(pending)
+    else:
+        collected.extend(pending)
+
+
+@contextmanager
+def outbox_collected() -> Iterator[None]:
+    """Inside a transaction: events saved in the block are written in one insert when it ends.
+
+    For code that saves many event-emitting rows at once (a consumer's batch). The insert runs
+    before the block is left, so still in the transaction; if the block fails, nothing is written
+    (and the transaction rolls back anyway).
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("outbox_collected() belongs inside transaction.atomic()")
+    collected: list[_Pending] = []
+    token = _collected.set(collected)
+    try:
+        yield
+    finally:
+        _collected.reset(token)
+    _insert(collected)
 
 
 # One statement for any number of events, always the same text (PostgreSQL prepares it once):
@@ -81,37 +121,38 @@ _INSERT_SQL = f"""
     INSERT INTO {OutboxEvent._meta.db_table}
         (id, event_type, version, aggregate_id, payload, correlation_id, causation_id, occurred_at, created_at,
          publish_attempts)
-    SELECT e.id, e.event_type, e.version, e.aggregate_id, e.payload::jsonb, %s, %s, %s, %s, 0
-      FROM unnest(%s::uuid[], %s::varchar[], %s::smallint[], %s::varchar[], %s::text[])
-           AS e(id, event_type, version, aggregate_id, payload)
+    SELECT e.id, e.event_type, e.version, e.aggregate_id, e.payload::jsonb, e.correlation_id, e.causation_id,
+           %s, %s, 0
+      FROM unnest(%s::uuid[], %s::varchar[], %s::smallint[], %s::varchar[], %s::text[], %s::varchar[], %s::uuid[])
+           AS e(id, event_type, version, aggregate_id, payload, correlation_id, causation_id)
 """
 
 
-def outbox_record(events: Iterable[DomainEvent]) -> list[uuid.UUID]:
-    """Write events to the outbox in the current transaction (the relay wakes at commit); their ids.
+def _insert(pending: list[_Pending]) -> None:
+    """Write events to the outbox in the current transaction (the relay wakes at commit).
 
-    Each carries the correlation id of the request or event being handled, and that event's id
-    as its cause.
+    Each carries the correlation id of the request or event it was staged for, and that event's
+    id as its cause.
     """
-    events = list(events)
-    ids = [uuid.uuid4() for _ in events]
+    if not pending:
+        return
+    ids = [uuid.uuid4() for _ in pending]
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             _INSERT_SQL,
             [
-                current_correlation_id(),
-                current_causation_id(),
                 now,
                 now,
                 ids,
-                [event.event_type for event in events],
-                [event.version for event in events],
-                [event.aggregate_id for event in events],
-                [json.dumps(event.to_payload()) for event in events],
+                [p.event.event_type for p in pending],
+                [p.event.version for p in pending],
+                [p.event.aggregate_id for p in pending],
+                [json.dumps(p.event.to_payload()) for p in pending],
+                [p.correlation_id for p in pending],
+                [p.causation_id for p in pending],
             ],
         )
     if logger.isEnabledFor(logging.DEBUG):
-        for event_id, event in zip(ids, events, strict=True):
-            logger.debug("outbox: recorded %s %s for %s", event.event_type, event_id, event.aggregate_id)
-    return ids
+        for event_id, p in zip(ids, pending, strict=True):
+            logger.debug("outbox: recorded %s %s for %s", p.event.event_type, event_id, p.event.aggregate_id)

@@ -1,5 +1,6 @@
 """Billing: fraud, then one charge per order, then one outcome event, whatever is redelivered."""
 
+import dataclasses
 import uuid
 from decimal import Decimal
 
@@ -159,3 +160,11 @@ def test_billing_one_bad_message_fails_alone_and_is_dead_lettered():
     failure = DeadLetter.objects.get()
     assert selectors.dead_letter_envelope(failure)["event_id"] == str(bad.event_id)
     assert selectors.failure_attempts(failure) == 1
+
+
+def test_billing_each_outcome_of_a_batch_names_its_own_cause_and_correlation():
+    envelopes = [dataclasses.replace(order_created(), correlation_id=f"request-{n}") for n in range(5)]
+    bill(*envelopes)
+    for envelope in envelopes:
+        outcome = OutboxEvent.objects.get(aggregate_id=envelope.aggregate_id, event_type="billing.payment.captured")
+        assert (outcome.causation_id, outcome.correlation_id) == (envelope.event_id, envelope.correlation_id)
