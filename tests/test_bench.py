@@ -15,7 +15,7 @@ def test_the_benchmark_runs_a_step_and_reports_it(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     command = [sys.executable, "-m", "tests.bench", "--parts", "sweep", "--rates", "5", "--seconds", "2",
                "--out", str(out)]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "| offered/s |" in result.stdout
     [step] = json.loads((out / "result.json").read_text())["steps"]
