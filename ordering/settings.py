@@ -207,8 +207,6 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = None
-# Celery closes the DB connection around every task unless told to keep it (about 4x slower).
-CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # --- Messaging (outbox relay, consumers, dead letters) -----------------------------------------
 MESSAGING = {

@@ -31,7 +31,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -230,7 +230,6 @@ def retry_countdown(retries: int) -> int:
 class _Parsed:
     delivery: Delivery | None
     envelope: Envelope
-    outcome: Outcome | None = field(default=None)
 
 
 def consume(task: EventConsumerTask, deliveries: list[Delivery]) -> list[Outcome]:
