@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tests.bench import measure, report
 from tests.bench.system import System, chain_commands, pipeline_commands
+from tests.chaos.run import setup_django
 from tests.chaos.system import ChaosEnvironment, SharedServices, free_port
 from tests.processes import ROOT
 
@@ -109,25 +110,7 @@ def machine() -> dict:
 
 def prepare(environment: ChaosEnvironment) -> str:
     """Django for this process (bench settings), migrated, topology declared; returns an API token."""
-    os.environ.update(environment.env())
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.bench.settings"
-    os.environ["LOG_LEVEL"] = "WARNING"
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
-
-    from ordering.celery import app
-    from ordering.messaging.topology import declare_topology
-
-    call_command("migrate", verbosity=0, interactive=False)
-    with app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=5)
-        declare_topology(connection)
-    user = get_user_model().objects.create_user(username="bench", password=None)
-    return Token.objects.create(user=user).key
+    return setup_django(environment.env(), username="bench", settings_module="tests.bench.settings")
 
 
 def summarise(result: dict) -> dict:

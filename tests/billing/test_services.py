@@ -18,6 +18,7 @@ from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
 from orders.events import OrderCreated
 from tests.conftest import envelope_for
 from tests.consumers import deliver
+from tests.events import order_created
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,22 +28,6 @@ CONSUMER = catalogue.BILLING_HANDLE_ORDER_CREATED
 def bill(*envelopes) -> None:
     """Billing's consumer, as a worker runs it, on one batch: every message handled."""
     assert deliver(CONSUMER, *envelopes) == [Outcome.ACK] * len(envelopes)
-
-
-def order_created(amount="25.00", buyer=None):
-    order_id = str(uuid.uuid4())
-    return envelope_for(
-        OrderCreated(
-            order_id=order_id,
-            product_name="book",
-            quantity=1,
-            unit_price=amount,
-            amount=amount,
-            currency="EUR",
-            buyer=buyer or f"{order_id[:8]}@example.com",
-            created_at=timezone.now().isoformat(),
-        )
-    )
 
 
 def outcome_events(envelope):

@@ -69,10 +69,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(f"signal {signum}")
 
 
-def setup_django(env: dict[str, str]) -> str:
+def setup_django(env: dict[str, str], *, username: str = "chaos", settings_module: str | None = None) -> str:
     """Configure Django for the run's database and broker, migrate, and return an API token."""
     os.environ.update(env)
-    os.environ["LOG_LEVEL"] = "WARNING"  # the run's own output is the chaos log, not Django's
+    if settings_module:
+        os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    os.environ["LOG_LEVEL"] = "WARNING"  # the run's own output is its log, not Django's
     import django
 
     django.setup()
@@ -87,7 +89,7 @@ def setup_django(env: dict[str, str]) -> str:
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=5)
         declare_topology(connection)
-    user = get_user_model().objects.create_user(username="chaos", password=None)
+    user = get_user_model().objects.create_user(username=username, password=None)
     return Token.objects.create(user=user).key
 
 

@@ -1,18 +1,17 @@
 """The consumer task's own behaviour, apart from any domain handler."""
 
 import time
-import uuid
 
 import pytest
 from django.db import OperationalError, connection
 from django_celery_results.models import TaskResult
 
-from billing.events import PaymentCaptured
 from ordering import catalogue
 from ordering.messaging.consumer import Outcome, ensure_usable_database, retry_countdown
 from orders.models import Order
-from tests.conftest import envelope_for, make_order
+from tests.conftest import make_order
 from tests.consumers import deliver
+from tests.events import payment_captured
 from tests.services import terminate_own_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_a_batch_on_a_connection_a_database_restart_killed_runs_again_on_a_new_one(user):
     order = make_order(user)
     terminate_own_connection()
-    assert deliver(catalogue.ORDERS_HANDLE_PAYMENT_CAPTURED, captured(order)) == [Outcome.ACK]
+    assert deliver(catalogue.ORDERS_HANDLE_PAYMENT_CAPTURED, payment_captured(order)) == [Outcome.ACK]
     order.refresh_from_db()
     assert order.status == "PROCESSED"
     assert not TaskResult.objects.exists()  # no retry, no failure: it simply ran again
@@ -61,17 +60,3 @@ def test_retry_countdown_grows_exponentially_with_a_cap_and_a_floor(settings, ji
                 assert max(1, backoff // 2) <= countdown <= backoff
             else:
                 assert countdown == backoff
-
-
-def captured(order: Order):
-    return envelope_for(
-        PaymentCaptured(
-            order_id=str(order.id),
-            payment_id=str(uuid.uuid4()),
-            amount="10.00",
-            currency="EUR",
-            gateway_reference="sim_1",
-            fraud_score=0,
-            fraud_reasons=[],
-        )
-    )

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from django.db import transaction
 
-from billing.events import PaymentBlocked, PaymentCaptured, PaymentCapturedV1
+from billing.events import PaymentBlocked, PaymentCapturedV1
 from fraud.events import FraudCheckCompleted
 from ordering import catalogue
 from ordering.messaging import selectors
@@ -17,24 +17,11 @@ from orders.models import Order, OrderStatus
 from orders.services import order_mark_payment_declined, order_mark_processed
 from tests.conftest import envelope_for, make_order
 from tests.consumers import deliver
+from tests.events import payment_captured
 
 pytestmark = pytest.mark.django_db
 
 CAPTURED = catalogue.ORDERS_HANDLE_PAYMENT_CAPTURED
-
-
-def captured(order, reference="sim_1"):
-    return envelope_for(
-        PaymentCaptured(
-            order_id=str(order.id),
-            payment_id=str(uuid.uuid4()),
-            amount="10.00",
-            currency="EUR",
-            gateway_reference=reference,
-            fraud_score=0,
-            fraud_reasons=[],
-        )
-    )
 
 
 def test_order_create_records_outbox_event_in_same_transaction(user):
@@ -74,7 +61,7 @@ def test_order_bulk_updates_are_refused(user):
 
 def test_payment_captured_moves_the_order_to_processed_once(user):
     order = make_order(user)
-    envelope = captured(order)
+    envelope = payment_captured(order)
     assert deliver(CAPTURED, envelope) == [Outcome.ACK]
     order.refresh_from_db()
     assert order.status == OrderStatus.PROCESSED
@@ -86,7 +73,7 @@ def test_payment_captured_moves_the_order_to_processed_once(user):
 
 def test_outcomes_of_many_orders_are_applied_in_one_batch(user):
     orders = [make_order(user) for _ in range(5)]
-    envelopes = [captured(order, reference=f"sim_{n}") for n, order in enumerate(orders)]
+    envelopes = [payment_captured(order, reference=f"sim_{n}") for n, order in enumerate(orders)]
     assert deliver(CAPTURED, *envelopes, envelopes[0]) == [Outcome.ACK] * 6  # with a duplicate
     assert {o.payment_reference for o in Order.objects.filter(status=OrderStatus.PROCESSED)} == {
         f"sim_{n}" for n in range(5)
@@ -111,7 +98,13 @@ def test_an_outcome_for_an_unknown_order_is_permanent():
 def test_a_bad_message_in_a_batch_fails_alone(user):
     orders = [make_order(user) for _ in range(3)]
     ghost = Order(id=uuid.uuid4())
-    outcomes = deliver(CAPTURED, captured(orders[0]), captured(ghost), captured(orders[1]), captured(orders[2]))
+    outcomes = deliver(
+        CAPTURED,
+        payment_captured(orders[0]),
+        payment_captured(ghost),
+        payment_captured(orders[1]),
+        payment_captured(orders[2]),
+    )
     assert outcomes == [Outcome.ACK, Outcome.REJECT, Outcome.ACK, Outcome.ACK]
     assert Order.objects.filter(status=OrderStatus.PROCESSED).count() == 3
     failure = DeadLetter.objects.get()
@@ -121,7 +114,7 @@ def test_a_bad_message_in_a_batch_fails_alone(user):
 
 def test_a_payment_outcome_carries_the_fraud_decision_to_the_order(user):
     paid, blocked = make_order(user), make_order(user)
-    assert deliver(CAPTURED, captured(paid)) == [Outcome.ACK]
+    assert deliver(CAPTURED, payment_captured(paid)) == [Outcome.ACK]
     rejected = PaymentBlocked(
         order_id=str(blocked.id), payment_id=str(uuid.uuid4()), fraud_score=80, fraud_reasons=["amount_over_limit"]
     )
