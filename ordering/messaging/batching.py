@@ -12,7 +12,9 @@ everything that is waiting when one is free:
   still join a batch, instead of queueing one by one inside the pool;
 - acks late: a message is acked (or rejected, to be dead-lettered) only when its batch's outcome
   comes back, i.e. after its transaction committed; a message still waiting here when the
-  connection or the worker goes is never acked and RabbitMQ delivers it again;
+  connection or the worker goes is never acked and RabbitMQ delivers it again; a batch the pool
+  never reports on (written to a pool process that died before taking it) is given up after its
+  hard time limit and its messages go back to their queue, so the worker goes on;
 - a pool process that dies or passes the hard time limit requeues its whole batch
   (`task_reject_on_worker_lost`); RabbitMQ marks those messages redelivered, and a redelivered
   message always runs alone, so a message that kills its worker is isolated from the others at
@@ -25,6 +27,7 @@ limits (no consumer uses them), and cancelling a running batch when the broker c
 drops (its messages are redelivered and the inbox makes the second run a no-op).
 """
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -41,6 +44,10 @@ from ordering.messaging.consumer import LOG_RECEIVED, Delivery, EventConsumerTas
 
 logger = logging.getLogger(__name__)
 
+# How long past the hard time limit a batch without any word from the pool counts as lost, and
+# how often the batcher looks for one.
+SILENT_BATCH_GRACE_SECONDS = 30
+WATCH_SECONDS = 10
 
 @dataclass(frozen=True)
 class _Waiting:
@@ -54,11 +61,6 @@ class _Waiting:
     @property
     def redelivered(self) -> bool:
         return bool(self.delivery.delivery_info.get("redelivered"))
-
-    @property
-    def tag(self) -> tuple[int, int]:
-        """(channel, delivery tag): tags count per channel, and a reconnection starts a new one."""
-        return id(self.message.channel), self.message.delivery_tag
 
 
 class Batcher:
@@ -77,17 +79,28 @@ class Batcher:
         self.soft_time_limit = app.conf.task_soft_time_limit
         self.time_limit = app.conf.task_time_limit
         self.waiting: deque[_Waiting] = deque()
-        # Received and neither acked nor rejected yet (waiting, held for an ETA, or in flight).
-        self.unsettled: set[tuple[int, int]] = set()
-        self.in_flight = 0
-        self._flush_scheduled = False
+        self._keys = itertools.count()
+        self._watchdog: Any = None
+        # Batches handed to the pool and not back yet, with when they were handed over.
+        self.in_flight: dict[int, tuple[list[_Waiting], float]] = {}
 
     @classmethod
     def of(cls, consumer: Any, app: Celery) -> "Batcher":
         batcher = getattr(consumer, "_event_batcher", None)
         if batcher is None or batcher.pool is not consumer.pool:
             batcher = consumer._event_batcher = cls(consumer, app)
+        batcher._watch()
         return batcher
+
+    def _watch(self) -> None:
+        """Flush now and then, whatever arrives: a silent batch is found even when nothing else comes.
+
+        The consumer cancels its timers when it restarts after a lost connection; the strategies
+        (and so this) are set up again after each restart.
+        """
+        if self.hub is None or (self._watchdog is not None and not self._watchdog.canceled):
+            return
+        self._watchdog = self.hub.timer.call_repeatedly(WATCH_SECONDS, self.flush)
 
     # --- Main process: receive ----------------------------------------------------------------
 
@@ -108,7 +121,6 @@ class Batcher:
             logger.info(LOG_RECEIVED, task.name, delivery.task_id)
         self._event("task-received", delivery, name=task.name, retries=delivery.retries)
         waiting = _Waiting(task, message, ack, reject, delivery, time.monotonic())
-        self.unsettled.add(waiting.tag)
         eta = _eta(delivery)
         if eta is not None and eta > time.time():
             # A retry whose delay RabbitMQ did not hold (or held a little short): wait here,
@@ -125,9 +137,9 @@ class Batcher:
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
-            return
-        self._flush_scheduled = True
+        # No "already scheduled" flag: a call the event loop dropped (the consumer restarts its
+        # loop when the connection is lost) would leave it set and the worker idle for good. An
+        # extra flush finds nothing to do.
         if self.hub is None:
             self.flush()
         else:
@@ -135,11 +147,26 @@ class Batcher:
             self.hub.call_soon(self.flush)
 
     def flush(self) -> None:
-        self._flush_scheduled = False
-        while self.waiting and self.in_flight < self.max_in_flight:
+        self._give_up_on_silent_batches()
+        while self.waiting and len(self.in_flight) < self.max_in_flight:
             batch = self._next_batch()
             if batch:
                 self._apply(batch)
+
+    def _give_up_on_silent_batches(self) -> None:
+        """A batch with neither outcome nor error long after its hard time limit is lost.
+
+        The pool reports every batch it ran, but a batch written to a pool process that died
+        before taking it up can vanish without a word; waiting for it would stop this worker.
+        Its messages go back to their queue (if their channel still can; else RabbitMQ has them).
+        """
+        if not self.in_flight:
+            return
+        limit = (self.time_limit or 0) + SILENT_BATCH_GRACE_SECONDS
+        now = time.monotonic()
+        for key, (batch, started) in list(self.in_flight.items()):
+            if now - started > limit:
+                self._lost(key, batch, f"no outcome from the pool after {now - started:.0f} s")
 
     def _next_batch(self) -> list[_Waiting]:
         first = self.waiting.popleft()
@@ -149,21 +176,16 @@ class Batcher:
                 batch.append(self.waiting.popleft())
         # A message of a channel that has closed since (connection lost) cannot be acked any
         # more; RabbitMQ has already put it back in its queue for the next delivery.
-        live = []
-        for waiting in batch:
-            if waiting.message.channel is not None and waiting.message.channel.is_open:
-                live.append(waiting)
-            else:
-                self.unsettled.discard(waiting.tag)
-        return live
+        return [w for w in batch if w.message.channel is not None and w.message.channel.is_open]
 
     def _apply(self, batch: list[_Waiting]) -> None:
-        self.in_flight += 1
+        key = next(self._keys)
+        self.in_flight[key] = (batch, time.monotonic())
         self.pool.apply_async(
             run_batch,
             args=([w.delivery for w in batch],),
-            callback=partial(self._done, batch),
-            error_callback=partial(self._lost, batch),
+            callback=partial(self._done, key, batch),
+            error_callback=partial(self._lost, key, batch),
             timeout_callback=partial(self._timed_out, batch),
             soft_timeout=self.soft_time_limit,
             timeout=self.time_limit,
@@ -172,48 +194,34 @@ class Batcher:
 
     # --- Main process: outcomes ---------------------------------------------------------------
 
-    def _done(self, batch: list[_Waiting], outcomes: list[str]) -> None:
-        self.in_flight -= 1
-        acked = [w for w, outcome in zip(batch, outcomes, strict=True) if outcome != Outcome.REJECT]
+    def _done(self, key: int, batch: list[_Waiting], outcomes: list[str]) -> None:
+        if self.in_flight.pop(key, None) is None:
+            return  # given up on already (its messages went back to their queue)
+        # One ack (or reject) per message, never `multiple`: Celery sends them in no set order,
+        # and a multiple ack that overtook a reject would delete the message it should dead-letter.
         for waiting, outcome in zip(batch, outcomes, strict=True):
             if outcome == Outcome.REJECT:
-                self.unsettled.discard(waiting.tag)
                 waiting.reject(logger, self.connection_errors, False)
                 self._event("task-failed", waiting.delivery, exception="failed for good (dead-lettered)")
-        self._ack(acked)
-        for waiting in acked:
-            self._event("task-succeeded", waiting.delivery, runtime=round(time.monotonic() - waiting.received_at, 6))
+            else:
+                waiting.ack(logger, self.connection_errors)
+                self._event(
+                    "task-succeeded", waiting.delivery, runtime=round(time.monotonic() - waiting.received_at, 6)
+                )
         self._schedule_flush()
 
-    def _ack(self, batch: list[_Waiting]) -> None:
-        """Ack the batch's messages: with one `multiple` ack when that acks exactly these."""
-        if not batch:
-            return
-        tags = {w.tag for w in batch}
-        self.unsettled -= tags
-        last = max(batch, key=lambda w: w.tag)
-        channel = last.tag[0]
-        # multiple=True acks every unacked delivery up to `last` on its channel: right only if
-        # none of them is still waiting or in flight elsewhere.
-        if not any(c == channel and tag < last.tag[1] for c, tag in self.unsettled):
-            last.ack(logger, self.connection_errors, True)
-            return
-        for waiting in batch:
-            waiting.ack(logger, self.connection_errors)
-
-    def _lost(self, batch: list[_Waiting], exc_info: Any) -> None:
+    def _lost(self, key: int, batch: list[_Waiting], exc_info: Any) -> None:
         """The pool process died (or passed the hard time limit): every message goes back to its queue."""
-        self.in_flight -= 1
+        if self.in_flight.pop(key, None) is None:
+            return
         exc = getattr(exc_info, "exception", exc_info)
         logger.error(
-            "batch of %d lost (%s: %s): requeued: %s",
+            "batch of %d lost (%s): requeued: %s",
             len(batch),
-            type(exc).__name__,
-            exc,
+            exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}",
             ", ".join(f"{w.task.name}[{w.delivery.task_id}]" for w in batch),
         )
         for waiting in batch:
-            self.unsettled.discard(waiting.tag)
             waiting.reject(logger, self.connection_errors, True)
         self._schedule_flush()
 

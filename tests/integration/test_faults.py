@@ -100,3 +100,24 @@ def test_short_gateway_outage_is_retried_then_succeeds(system, user):
     wait_for_status(order.id, "PROCESSED", timeout=30)
     assert charges_for(order) == 1
     assert "GatewayUnavailable" in system["billing"].log_text()
+
+
+def test_a_broker_outage_with_batches_in_flight_loses_nothing_and_processing_resumes(system, user):
+    """The broker stops while billing is mid-batch, for longer than the soft time limit.
+
+    The worker's event loop stops while it reconnects: the finished batch's result waits unread,
+    and the soft time limit's timer fires at an idle pool process. Afterwards the worker must
+    take up its queue again, and every order still be charged once.
+    """
+    with reconfigured(system["billing"], CELERY_TASK_SOFT_TIME_LIMIT="2", SIMULATED_GATEWAY_LATENCY_MS="300"):
+        before = [make_order(user) for _ in range(6)]
+        wait_for_billing_to_start(before[0])
+        rabbitmqctl("stop_app")
+        try:
+            time.sleep(4)  # the outage: twice the soft time limit
+        finally:
+            rabbitmq_start_app()
+        after = [make_order(user) for _ in range(6)]
+        for order in before + after:
+            wait_for_status(order.id, "PROCESSED", timeout=90)
+    assert all(charges_for(order) == 1 for order in before + after)
