@@ -191,8 +191,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CONSUMER_BATCH_MAX = env.int("CONSUMER_BATCH_MAX", default=32)
 CELERY_WORKER_PREFETCH_MULTIPLIER = CONSUMER_BATCH_MAX
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
-CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=30)
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=60)
+# No CELERY_TASK_*_TIME_LIMIT: the consumers' time limits are per batch, kept by the pool process
+# that runs it (MESSAGING below). Celery would also give every pool job its own timers, run by
+# the worker's event loop; that loop stops while the worker reconnects to a lost broker, and
+# after a long outage those timers fire late at pool processes done with their batch.
 # Worker log lines go through LOGGING above, so they carry the correlation id too.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
@@ -220,6 +222,10 @@ MESSAGING = {
     "DELIVERY_LIMIT": env.int("QUEUE_DELIVERY_LIMIT", default=10),
     # Messages one pool process handles in one batch, at most (one transaction, one commit).
     "CONSUMER_BATCH_MAX": CONSUMER_BATCH_MAX,
+    # Per batch: past the soft limit SoftTimeLimitExceeded is raised in it (what it had not
+    # finished is retried); past the hard limit its pool process exits and the batch is requeued.
+    "BATCH_SOFT_TIME_LIMIT_SECONDS": env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=30),
+    "BATCH_TIME_LIMIT_SECONDS": env.int("CELERY_TASK_TIME_LIMIT", default=60),
     "RELAY_BATCH_SIZE": env.int("RELAY_BATCH_SIZE", default=100),
     "RELAY_SWEEP_SECONDS": env.float("RELAY_SWEEP_SECONDS", default=2.0),
     # The shortest time between two batches: under load, commits gather into one batch meanwhile.

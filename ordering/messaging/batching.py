@@ -19,8 +19,10 @@ everything that is waiting when one is free:
   (`task_reject_on_worker_lost`); RabbitMQ marks those messages redelivered, and a redelivered
   message always runs alone, so a message that kills its worker is isolated from the others at
   once and reaches the queue's delivery limit by itself;
-- the soft time limit applies to each batch and raises inside it; the machinery retries what it
-  had not finished (ordering/messaging/consumer.py).
+- the time limits apply to each batch, kept by its pool process (`time_limits`): the soft limit
+  raises inside the batch and the machinery retries what it had not finished
+  (ordering/messaging/consumer.py); past the hard limit the process exits and the batch goes
+  back to its queue.
 
 What this gives up, against Celery's per-message tracer: task signals, revocation and rate
 limits (no consumer uses them), and cancelling a running batch when the broker connection
@@ -29,13 +31,19 @@ drops (its messages are redelivered and the inbox makes the second run a no-op).
 
 import itertools
 import logging
+import os
+import signal
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from functools import partial
 from typing import Any
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery
 from celery.utils.time import maybe_iso8601
 from django.conf import settings
@@ -48,6 +56,8 @@ logger = logging.getLogger(__name__)
 # how often the batcher looks for one.
 SILENT_BATCH_GRACE_SECONDS = 30
 WATCH_SECONDS = 10
+HARD_TIME_LIMIT_EXIT_CODE = 70
+
 
 @dataclass(frozen=True)
 class _Waiting:
@@ -76,8 +86,7 @@ class Batcher:
         self.eventer = consumer.event_dispatcher
         self.max_in_flight = max(1, int(getattr(self.pool, "limit", 1) or 1))
         self.batch_max = settings.MESSAGING["CONSUMER_BATCH_MAX"]
-        self.soft_time_limit = app.conf.task_soft_time_limit
-        self.time_limit = app.conf.task_time_limit
+        self.time_limit = settings.MESSAGING["BATCH_TIME_LIMIT_SECONDS"]
         self.waiting: deque[_Waiting] = deque()
         self._keys = itertools.count()
         self._watchdog: Any = None
@@ -186,9 +195,8 @@ class Batcher:
             args=([w.delivery for w in batch],),
             callback=partial(self._done, key, batch),
             error_callback=partial(self._lost, key, batch),
-            timeout_callback=partial(self._timed_out, batch),
-            soft_timeout=self.soft_time_limit,
-            timeout=self.time_limit,
+            # No pool timeouts (the pool has none, see settings): the pool process keeps its
+            # batch's time itself (time_limits()).
             correlation_id=batch[0].delivery.task_id,
         )
 
@@ -225,12 +233,6 @@ class Batcher:
             waiting.reject(logger, self.connection_errors, True)
         self._schedule_flush()
 
-    def _timed_out(self, batch: list[_Waiting], soft: bool, timeout: float) -> None:
-        if soft:
-            logger.warning("soft time limit (%ss) exceeded by a batch of %d", timeout, len(batch))
-        else:
-            logger.error("hard time limit (%ss) exceeded by a batch of %d: its process is killed", timeout, len(batch))
-
     def _event(self, kind: str, delivery: Delivery, **fields: Any) -> None:
         if self.eventer is not None and self.eventer.enabled:
             self.eventer.send(kind, uuid=delivery.task_id, **fields)
@@ -257,11 +259,49 @@ def run_batch(deliveries: list[Delivery]) -> list[str]:
     by_task: dict[str, list[int]] = {}
     for index, delivery in enumerate(deliveries):
         by_task.setdefault(delivery.task_name, []).append(index)
-    for name, indexes in by_task.items():
-        task = app.tasks[name]
-        for index, outcome in zip(indexes, consume(task, [deliveries[i] for i in indexes]), strict=True):
-            outcomes[index] = str(outcome)
+    messaging = settings.MESSAGING
+    soft, hard = messaging["BATCH_SOFT_TIME_LIMIT_SECONDS"], messaging["BATCH_TIME_LIMIT_SECONDS"]
+    with time_limits(soft=soft, hard=hard, size=len(deliveries)):
+        for name, indexes in by_task.items():
+            task = app.tasks[name]
+            for index, outcome in zip(indexes, consume(task, [deliveries[i] for i in indexes]), strict=True):
+                outcomes[index] = str(outcome)
     return outcomes
+
+
+@contextmanager
+def time_limits(*, soft: float | None, hard: float | None, size: int) -> Iterator[None]:
+    """In a pool process, for one batch: the soft limit raises in it, the hard limit ends the process.
+
+    SoftTimeLimitExceeded is raised wherever the batch is (the machinery retries what it had not
+    finished). Past the hard limit the process exits at once; the worker sees it lost and puts
+    the batch's messages back in their queue (task_reject_on_worker_lost), where the queue's
+    delivery limit stops a message that does it every time. Both clocks stop with the batch.
+    """
+
+    def soft_limit_reached(signum: int, frame: object) -> None:
+        logger.warning("soft time limit (%ss) exceeded by a batch of %d", soft, size)
+        raise SoftTimeLimitExceeded()
+
+    def hard_limit_reached() -> None:
+        logger.error("hard time limit (%ss) exceeded by a batch of %d: its pool process exits", hard, size)
+        os._exit(HARD_TIME_LIMIT_EXIT_CODE)
+
+    previous = signal.signal(signal.SIGALRM, soft_limit_reached) if soft else None
+    if soft:
+        signal.setitimer(signal.ITIMER_REAL, soft)
+    killer = threading.Timer(hard, hard_limit_reached) if hard else None
+    if killer is not None:
+        killer.daemon = True
+        killer.start()
+    try:
+        yield
+    finally:
+        if soft:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        if killer is not None:
+            killer.cancel()
 
 
 def _eta(delivery: Delivery) -> float | None:

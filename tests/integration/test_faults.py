@@ -121,3 +121,21 @@ def test_a_broker_outage_with_batches_in_flight_loses_nothing_and_processing_res
         for order in before + after:
             wait_for_status(order.id, "PROCESSED", timeout=90)
     assert all(charges_for(order) == 1 for order in before + after)
+
+
+def test_a_batch_over_the_hard_time_limit_ends_its_pool_process_and_goes_back_to_its_queue(system, user):
+    with reconfigured(
+        system["billing"],
+        CELERY_TASK_TIME_LIMIT="2",
+        CELERY_TASK_SOFT_TIME_LIMIT="30",
+        SIMULATED_GATEWAY_LATENCY_MS="4000",
+    ) as billing:
+        order = make_order(user)
+        wait_until(
+            lambda: "hard time limit" in billing.log_text() and "lost" in billing.log_text(),
+            timeout=40,
+            message="the batch's pool process to exit and the batch to be requeued",
+        )
+    # The billing worker runs with its usual limits again: the requeued message is charged once.
+    wait_for_status(order.id, "PROCESSED", timeout=60)
+    assert charges_for(order) == 1
