@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,27 @@ _CLAIM_SQL = f"""
                    FOR UPDATE SKIP LOCKED)
  RETURNING id, event_type, version, aggregate_id, correlation_id, causation_id, payload, occurred_at, created_at
 """
+
+
+class BatchPacer:
+    """How long the relay lets commits gather before its next batch.
+
+    Under load (more than `busy_batches_per_second` batches in the last second), commits come
+    faster than batches: waiting until `coalesce_seconds` after the previous batch lets one batch
+    (one transaction, one confirm wait) take several of them. Otherwise an event is published as
+    soon as it is committed, so a quiet system pays no latency for it.
+    """
+
+    def __init__(self, coalesce_seconds: float, busy_batches_per_second: int = 40) -> None:
+        self.coalesce_seconds = coalesce_seconds
+        self._recent: deque[float] = deque(maxlen=busy_batches_per_second)
+
+    def pause_before_batch(self, now: float) -> float:
+        """Seconds to wait before a batch starting at `now` (monotonic); records the batch."""
+        busy = len(self._recent) == self._recent.maxlen and now - self._recent[0] < 1
+        pause = max(0.0, self.coalesce_seconds - (now - self._recent[-1])) if busy else 0.0
+        self._recent.append(now + pause)
+        return pause
 
 
 def task_id_for(event_id: uuid.UUID, task_name: str) -> str:
@@ -192,19 +214,16 @@ class OutboxRelay:
         """Publish until `stop` is set; survive broker and database outages."""
         backoff = 0.1
         logger.info("relay: started (batch %d, sweep %.1fs)", self.batch_size, self.sweep_seconds)
-        last_batch = touched = 0.0
+        touched = 0.0
+        pacer = BatchPacer(self.coalesce_seconds)
         while not stop.is_set():
             if self.heartbeat and time.monotonic() - touched >= 1:
                 self.heartbeat.touch()
                 touched = time.monotonic()
             try:
                 self._listen()
-                # Under load, commits come faster than batches: let them gather for a moment so
-                # that one batch (one transaction, one confirm wait) takes several. An event that
-                # comes after a quiet spell is published at once.
-                if (gather := self.coalesce_seconds - (time.monotonic() - last_batch)) > 0:
-                    stop.wait(gather)
-                last_batch = time.monotonic()
+                if pause := pacer.pause_before_batch(time.monotonic()):
+                    stop.wait(pause)
                 while not stop.is_set() and self.publish_pending() == self.batch_size:
                     pass
                 backoff = 0.1

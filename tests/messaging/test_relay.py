@@ -9,7 +9,7 @@ from kombu.exceptions import OperationalError
 from ordering import catalogue
 from ordering.celery import app
 from ordering.messaging.models import OutboxEvent
-from ordering.messaging.relay import OutboxRelay, task_id_for
+from ordering.messaging.relay import BatchPacer, OutboxRelay, task_id_for
 from tests.conftest import make_order
 from tests.messaging.conftest import drain
 from tests.processes import wait_until
@@ -103,3 +103,21 @@ def test_relay_never_marks_an_unroutable_event_published(broker, user):
     assert OutboxEvent.objects.filter(published_at__isnull=True).count() == 1
     assert relay.publish_pending() == 1  # topology declared again, then published
     assert len(drain(broker, catalogue.BILLING_QUEUE)) == 1
+
+
+def test_pacer_publishes_at_once_when_quiet():
+    pacer = BatchPacer(coalesce_seconds=0.015, busy_batches_per_second=3)
+    # Batches back to back, but fewer than three within a second: no pause.
+    assert [pacer.pause_before_batch(now) for now in (10.0, 10.001, 11.5, 11.501)] == [0, 0, 0, 0]
+
+
+def test_pacer_lets_commits_gather_under_load():
+    pacer = BatchPacer(coalesce_seconds=0.015, busy_batches_per_second=3)
+    for now in (10.0, 10.001, 10.002):
+        assert pacer.pause_before_batch(now) == 0
+    # The fourth batch within a second waits until 15 ms after the previous one began.
+    assert pacer.pause_before_batch(10.005) == pytest.approx(0.012)
+    # One that comes later than that does not wait.
+    assert pacer.pause_before_batch(10.1) == 0
+    # Load gone: a batch a second later is quiet again.
+    assert pacer.pause_before_batch(11.2) == 0
