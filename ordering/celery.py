@@ -1,13 +1,18 @@
 """The Celery app: configuration from Django settings, shared queues, topology at worker start."""
 
 import functools
+import logging
 import os
+from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from celery.worker import consumer
 from kombu import Connection
+from kombu.message import Message
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordering.settings")
+
+logger = logging.getLogger(__name__)
 
 app = Celery("ordering")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -48,6 +53,38 @@ class Consumer(consumer.Consumer):
 
     def ensure_connected(self, conn):
         return super().ensure_connected(reconnecting_quickly(conn))
+
+    # A message the worker cannot read goes to its queue's dead-letter queue, where an operator
+    # sees it (`replay_dead_letters --dry-run`, the admin), and its body is never logged (it may
+    # hold personal data, or be huge). Celery acks (drops) an undecodable one and logs bodies.
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        self._reject_unreadable(message, f"cannot be decoded ({type(exc).__name__}: {exc})")
+
+    def on_unknown_message(self, body: Any, message: Message) -> None:
+        self._reject_unreadable(message, "is not a task message")
+        signals.task_rejected.send(sender=self, message=message, exc=None)
+
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
+        self._reject_unreadable(message, f"is not a valid task message ({type(exc).__name__}: {exc})")
+        signals.task_rejected.send(sender=self, message=message, exc=exc)
+
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
+        headers = message.headers or {}
+        self._reject_unreadable(message, f"names a task this worker does not know ({headers.get('task')!r})")
+        signals.task_unknown.send(sender=self, message=message, exc=exc, name=headers.get("task"), id=headers.get("id"))
+
+    def _reject_unreadable(self, message: Message, problem: str) -> None:
+        info = message.delivery_info or {}
+        logger.error(
+            "message %s on %s %s: rejected to its dead-letter queue (content type %r, %d bytes; body not logged)",
+            (message.headers or {}).get("id") or info.get("delivery_tag"),
+            info.get("routing_key"),
+            problem[:500],
+            message.content_type,
+            len(message.body or b""),
+        )
+        message.reject_log_error(logger, self.connection_errors, requeue=False)
 
 
 def reconnecting_quickly(conn: Connection) -> Connection:

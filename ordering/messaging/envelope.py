@@ -125,7 +125,15 @@ class Envelope:
         """The payload as the one of `event_classes` whose type and version match the envelope's."""
         for event_class in event_classes:
             if (self.event_type, self.version) == (event_class.event_type, event_class.version):
-                return event_class.from_payload(self.payload)
+                event = event_class.from_payload(self.payload)
+                # Consumers act on the envelope's aggregate: a payload about another order is
+                # forged or broken, never to be applied to this one.
+                if event.aggregate_id != self.aggregate_id:
+                    raise InvalidPayload(
+                        f"{self.event_type}: payload order {event.aggregate_id!r} is not the envelope's "
+                        f"aggregate {self.aggregate_id!r}"
+                    )
+                return event
         expected = ", ".join(f"{c.event_type} v{c.version}" for c in event_classes)
         raise UnknownEventVersion(f"expected {expected}, got {self.event_type} v{self.version}")
 

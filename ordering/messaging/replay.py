@@ -46,26 +46,59 @@ class DeadLetterMessage:
     order_id: str | None
     replay_count: int
     death_reason: str | None
+    # Why its headers cannot be trusted (then it is skipped, never replayed), or "".
+    problem: str = ""
 
     @classmethod
     def from_message(cls, dlq: str, message: Message) -> "DeadLetterMessage":
-        headers = message.headers or {}
-        deaths = headers.get("x-death") or []
+        headers = message.headers if isinstance(message.headers, dict) else {}
         # x-death lists the most recent dead-lettering first: that is the consumer queue that
         # rejected it. x-first-death-queue can name a delay queue the retry passed through.
-        origin = deaths[0].get("queue") if deaths else None
+        latest, death_problem = _latest_death(headers.get("x-death"))
+        replay_count, count_problem = _replay_count(headers.get(REPLAY_COUNT_HEADER))
         envelope = _envelope_of(message.body)
         return cls(
             dlq=dlq,
-            origin_queue=origin.decode() if isinstance(origin, bytes) else origin,
-            task_id=headers.get("id"),
-            task_name=headers.get("task"),
-            event_id=envelope.get("event_id"),
-            event_type=envelope.get("event_type"),
-            order_id=envelope.get("aggregate_id"),
-            replay_count=int(headers.get(REPLAY_COUNT_HEADER) or 0),
-            death_reason=deaths[0].get("reason") if deaths else None,
+            origin_queue=_text(latest.get("queue")),
+            task_id=_text(headers.get("id")),
+            task_name=_text(headers.get("task")),
+            event_id=_text(envelope.get("event_id")),
+            event_type=_text(envelope.get("event_type")),
+            order_id=_text(envelope.get("aggregate_id")),
+            replay_count=replay_count,
+            death_reason=_text(latest.get("reason")),
+            problem="; ".join(p for p in (death_problem, count_problem) if p),
         )
+
+
+def _latest_death(deaths: object) -> tuple[dict[str, Any], str]:
+    if deaths is None:
+        return {}, ""
+    if not isinstance(deaths, list | tuple) or not deaths or not isinstance(deaths[0], dict):
+        return {}, f"malformed x-death header: {deaths!r:.80}"
+    return deaths[0], ""
+
+
+def _replay_count(value: object) -> tuple[int, str]:
+    """The replay count; a negative one counts as 0, a non-numeric one is a problem."""
+    if value is None or value == "":
+        return 0, ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return max(int(value), 0), ""
+    except (TypeError, ValueError, OverflowError):
+        return 0, f"{REPLAY_COUNT_HEADER} is not a number: {value!r:.40}"
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 @dataclass
@@ -197,8 +230,8 @@ def _publish(publisher: ConfirmedPublisher, messages: list[OutgoingMessage]) -> 
 
 
 def _reason_to_skip(letter: DeadLetterMessage, criteria: ReplayCriteria) -> str:
-    if letter.origin_queue is None:
-        return "no x-death header: origin queue unknown"
+    if letter.problem or letter.origin_queue is None:
+        return letter.problem or "no x-death header: origin queue unknown"
     if letter.origin_queue not in catalogue.CONSUMER_QUEUES:
         return f"origin queue {letter.origin_queue!r} is not a consumer queue"
     if criteria.event_type and letter.event_type != criteria.event_type:
@@ -236,7 +269,7 @@ def _envelope_of(body: Any) -> dict[str, Any]:
     try:
         decoded = json.loads(body) if isinstance(body, (bytes, str)) else body
         envelope = decoded[1]["envelope"]
-    except (ValueError, TypeError, KeyError, IndexError):
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
         return {}
     return envelope if isinstance(envelope, dict) else {}
 

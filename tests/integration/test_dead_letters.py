@@ -144,3 +144,39 @@ def test_replay_refuses_messages_replayed_too_often(system):
 
 def _in_dlq(task_id: str) -> bool:
     return task_id in replay("--dry-run", "--force", "--queue", catalogue.BILLING_QUEUE)
+
+
+def send_raw(body: bytes, headers: dict, content_type: str = "application/json") -> None:
+    with app.connection_for_write() as conn:
+        conn.Producer().publish(
+            body,
+            exchange="",
+            routing_key=catalogue.BILLING_QUEUE,
+            headers=headers,
+            content_type=content_type,
+            content_encoding="utf-8",
+            delivery_mode=2,
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        # No task header: Celery decodes it itself, fails, and would ack (drop) it.
+        (b'{"secret": "4111 1111 1111 1111", ', {}),
+        # A task message whose body nests too deep for the JSON decoder.
+        (b"[" * 100_000 + b"]" * 100_000, {"task": catalogue.BILLING_HANDLE_ORDER_CREATED}),
+        # A task this worker does not know.
+        (b'[[], {"secret": "4111 1111 1111 1111"}, {}]', {"task": "billing.no_such_task"}),
+    ],
+    ids=["invalid json", "too deep json", "unknown task"],
+)
+def test_a_message_the_worker_cannot_read_is_dead_lettered_and_its_body_never_logged(system, user, body, headers):
+    marker = str(uuid.uuid4())
+    send_raw(body, {**headers, "id": marker})
+    wait_until(lambda: _in_dlq(marker), timeout=20, message="the unreadable message in the DLQ")
+    assert "4111" not in system["billing"].log_text()
+    assert "[[[[" not in system["billing"].log_text()
+    # The worker goes on.
+    order = make_order(user)
+    wait_for_status(order.id, "PROCESSED")

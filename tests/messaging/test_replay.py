@@ -27,15 +27,17 @@ def put_dead_letter(
     replays: int = 0,
     queue: str = catalogue.BILLING_QUEUE,
     origin: str | None = None,
+    headers: dict | None = None,
 ) -> str:
     """A message as RabbitMQ dead-letters it from `queue`: Celery body and headers plus x-death.
 
-    `origin` is the queue its x-death names (normally `queue` itself).
+    `origin` is the queue its x-death names (normally `queue` itself); `headers` replace or add
+    headers.
     """
     origin = origin or queue
     task_id = str(uuid.uuid4())
     envelope = {"event_id": str(uuid.uuid4()), "event_type": event_type, "aggregate_id": order_id or str(uuid.uuid4())}
-    headers = {
+    message_headers = {
         "task": catalogue.BILLING_HANDLE_ORDER_CREATED,
         "id": task_id,
         "retries": 3,
@@ -46,10 +48,11 @@ def put_dead_letter(
         ],
     }
     if replays:
-        headers[REPLAY_COUNT_HEADER] = replays
+        message_headers[REPLAY_COUNT_HEADER] = replays
+    message_headers.update(headers or {})
     Producer(conn.default_channel).publish(
         json.dumps([[], {"envelope": envelope}, {}]), exchange=catalogue.DEAD_LETTER_EXCHANGE, routing_key=queue,
-        headers=headers, content_type="application/json", content_encoding="utf-8",
+        headers=message_headers, content_type="application/json", content_encoding="utf-8",
         correlation_id=task_id, priority=0,
     )  # fmt: skip
     return task_id
@@ -100,6 +103,31 @@ def test_too_often_replayed_messages_need_force(broker):
     put_dead_letter(broker, replays=3)
     assert "replayed 0, skipped 1" in replay("--max-replays", "3")
     assert "replayed 1, skipped 0" in replay("--max-replays", "3", "--force")
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({REPLAY_COUNT_HEADER: "many"}, "x-replay-count is not a number"),
+        ({"x-death": "rejected"}, "malformed x-death header"),
+        ({"x-death": ["billing.events"]}, "malformed x-death header"),
+    ],
+)
+def test_a_dead_letter_with_headers_that_make_no_sense_is_skipped_with_its_reason(broker, headers, reason):
+    bad = put_dead_letter(broker, headers=headers)
+    good = put_dead_letter(broker)
+    report = replay()
+    assert "replayed 1, skipped 1, failed 0" in report
+    assert reason in report
+    assert [m.headers["id"] for m in drain(broker, BILLING_DLQ)] == [bad]
+    assert [m.headers["id"] for m in drain(broker, catalogue.BILLING_QUEUE)] == [good]
+
+
+def test_a_negative_replay_count_counts_as_zero_and_cannot_defeat_max_replays(broker):
+    put_dead_letter(broker, headers={REPLAY_COUNT_HEADER: -100})
+    assert "replayed 1," in replay("--max-replays", "1")
+    [message] = drain(broker, catalogue.BILLING_QUEUE)
+    assert message.headers[REPLAY_COUNT_HEADER] == 1
 
 
 def test_failed_republish_leaves_the_dead_letter_in_place(broker, monkeypatch):
