@@ -9,6 +9,8 @@ from decimal import Decimal
 from django.db import models
 from django.utils import timezone
 
+from orders.events import normalize_buyer
+
 
 class FraudDecision(models.TextChoices):
     APPROVED = "approved", "Approved"
@@ -73,3 +75,8 @@ class BlockedBuyer(models.Model):
 
     def __str__(self) -> str:
         return self.buyer
+
+    def save(self, *args, **kwargs) -> None:
+        # Stored as fraud compares it, however an operator typed it.
+        self.buyer = normalize_buyer(self.buyer)
+        super().save(*args, **kwargs)

@@ -8,7 +8,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from fraud.models import BlockedBuyer, FraudCheck, FraudDecision
+from orders.events import normalize_buyer
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ def fraud_check_orders(*, orders: Sequence[OrderToCheck]) -> dict[str, FraudVerd
     """
     if not orders:
         return {}
+    # Events published before buyers were normalized at the API may spell one buyer differently.
+    orders = [replace(order, buyer=normalize_buyer(order.buyer)) for order in orders]
     buyers = sorted({order.buyer for order in orders})
     with connection.cursor() as cursor:
         # One fixed order (sorted) for every caller: two batches sharing buyers cannot deadlock.

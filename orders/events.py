@@ -18,5 +18,15 @@ class OrderCreated(DomainEvent):
     unit_price: str
     amount: str
     currency: str
-    buyer: str
+    buyer: str  # an email address, normalized (normalize_buyer)
     created_at: str
+
+
+def normalize_buyer(address: str) -> str:
+    """The one spelling of a buyer's address that every app stores and compares: trimmed, lower case.
+
+    Strictly, the part before the @ may be case-sensitive; no real mail provider treats it so,
+    and comparing exact spellings let `MALLORY@EXAMPLE.COM` pass where `mallory@example.com` is
+    blocked.
+    """
+    return address.strip().lower()

@@ -46,6 +46,25 @@ def test_fraud_check_rejects_blocked_buyer():
     assert check(buyer="mallory").reasons == ["buyer_blocked"]
 
 
+@pytest.mark.parametrize(
+    ("listed_as", "ordered_as"),
+    [("mallory@example.com", "MALLORY@EXAMPLE.COM"), ("Mallory@Example.com ", "mallory@example.com")],
+)
+def test_the_blocklist_holds_whatever_the_letter_case(listed_as, ordered_as):
+    BlockedBuyer.objects.create(buyer=listed_as)
+    assert BlockedBuyer.objects.get().buyer == "mallory@example.com"
+    assert check(buyer=ordered_as).reasons == ["buyer_blocked"]
+
+
+def test_the_velocity_rule_counts_every_spelling_of_a_buyer(settings):
+    settings.FRAUD_VELOCITY_MAX_ORDERS = 3
+    now = timezone.now()
+    spellings = ["bob@example.com", "BOB@example.com", "Bob@Example.com", "bob@EXAMPLE.COM"]
+    results = [check(buyer=buyer, at=now + timedelta(seconds=i)) for i, buyer in enumerate(spellings)]
+    assert [r.rejected for r in results] == [False, False, False, True]
+    assert set(FraudCheck.objects.values_list("buyer", flat=True)) == {"bob@example.com"}
+
+
 def test_fraud_check_rejects_buyer_over_velocity_limit(settings):
     settings.FRAUD_VELOCITY_MAX_ORDERS = 3
     settings.FRAUD_VELOCITY_WINDOW_MINUTES = 10
