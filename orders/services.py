@@ -17,7 +17,8 @@ from orders.models import Order
 logger = logging.getLogger(__name__)
 
 
-@transaction.atomic
+# No savepoint: the API calls it inside the transaction that also renders its response.
+@transaction.atomic(savepoint=False)
 def order_create(
     *,
     owner: AbstractBaseUser,
@@ -42,7 +43,8 @@ def order_create(
     # key), whoever the caller; checking a third time costs more than the insert.
     order.stage_created()
     order.save()
-    logger.info("order %s created for %s: %s %s", order.id, buyer, order.amount, currency)
+    # Ids only: a log line carries no personal data (the buyer stays in the database).
+    logger.info("order %s created by user %s: %s %s", order.id, owner.pk, order.amount, currency)
     return order
 
 
@@ -60,9 +62,29 @@ class FraudOutcome:
 
 
 @transaction.atomic(savepoint=False)
-def order_mark_processed(*, order_id: str, payment_reference: str, fraud: FraudOutcome | None = None) -> None:
-    """PENDING -> PROCESSED: billing captured the payment."""
-    _transition(order_id, "PROCESSED", lambda order: order.mark_processed(payment_reference=payment_reference), fraud)
+def order_mark_processed(
+    *,
+    order_id: str,
+    payment_reference: str,
+    amount: Decimal,
+    currency: str,
+    fraud: FraudOutcome | None = None,
+) -> None:
+    """PENDING -> PROCESSED: billing captured the payment, of exactly the order's amount and currency.
+
+    A capture of any other amount or currency is not this order's payment (a forged or broken
+    event): it fails permanently and is dead-lettered, for an operator to look at.
+    """
+
+    def capture(order: Order) -> None:
+        if (amount, currency) != (order.amount, order.currency):
+            raise PermanentError(
+                f"order {order.id}: captured {amount} {currency} does not match the order's {order.amount} "
+                f"{order.currency}"
+            )
+        order.mark_processed(payment_reference=payment_reference)
+
+    _transition(order_id, "PROCESSED", capture, fraud)
 
 
 @transaction.atomic(savepoint=False)
@@ -111,9 +133,9 @@ def _transition(order_id: str, target: str, move: Callable[[Order], None], fraud
 
 
 def _order_for_update(order_id: str) -> Order:
-    """The order's id and status, locked to the end of the transaction; other fields load if used.
+    """The order's id, status and amount, locked to the end of the transaction; other fields load if used.
 
-    A plain query: every outcome runs it, and the transitions need the status only.
+    A plain query: every outcome runs it, and the transitions need no more than these.
     """
     try:
         pk = uuid.UUID(order_id)
@@ -124,7 +146,9 @@ def _order_for_update(order_id: str) -> Order:
         row = cursor.fetchone()
     if row is None:
         raise PermanentError(f"order {order_id} does not exist")
-    return Order.from_db(connection.alias, ["id", "status"], row)
+    return Order.from_db(connection.alias, _LOCKED_FIELDS, row)
 
 
-_LOCK_ORDER_SQL = f"SELECT id, status FROM {Order._meta.db_table} WHERE id = %s FOR UPDATE"
+# Columns in the model's field order, as Model.from_db() takes them.
+_LOCKED_FIELDS = ["id", "quantity", "price", "currency", "status"]
+_LOCK_ORDER_SQL = f"SELECT {', '.join(_LOCKED_FIELDS)} FROM {Order._meta.db_table} WHERE id = %s FOR UPDATE"

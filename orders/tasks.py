@@ -8,6 +8,8 @@ their fraud decision arrives by FraudCheckCompleted, whose consumer stays for as
 messages may be queued.
 """
 
+from decimal import Decimal, InvalidOperation
+
 from billing.events import (
     PaymentBlocked,
     PaymentBlockedV1,
@@ -20,6 +22,7 @@ from fraud.events import FraudCheckCompleted
 from ordering import catalogue
 from ordering.messaging.consumer import event_consumer
 from ordering.messaging.envelope import Envelope
+from ordering.messaging.errors import InvalidPayload
 from orders import services
 from orders.services import FraudOutcome
 
@@ -29,7 +32,11 @@ def handle_payment_captured(envelope: Envelope) -> None:
     """Order -> PROCESSED."""
     event = envelope.event(PaymentCaptured, PaymentCapturedV1)
     services.order_mark_processed(
-        order_id=envelope.aggregate_id, payment_reference=event.gateway_reference, fraud=_approved(event)
+        order_id=envelope.aggregate_id,
+        payment_reference=event.gateway_reference,
+        amount=_money(event.amount),
+        currency=event.currency,
+        fraud=_approved(event),
     )
 
 
@@ -69,3 +76,13 @@ def _approved(event: PaymentCaptured | PaymentDeclined | PaymentCapturedV1 | Pay
     if isinstance(event, PaymentCapturedV1 | PaymentDeclinedV1):
         return None
     return FraudOutcome(decision="approved", score=event.fraud_score, reasons=event.fraud_reasons)
+
+
+def _money(amount: str) -> Decimal:
+    try:
+        value = Decimal(amount)
+    except InvalidOperation as exc:
+        raise InvalidPayload(f"amount {amount!r} is not a decimal number") from exc
+    if not value.is_finite():
+        raise InvalidPayload(f"amount {amount!r} is not a finite number")
+    return value

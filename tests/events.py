@@ -28,14 +28,16 @@ def order_created(amount: str = "25.00", buyer: str | None = None) -> Envelope:
     )
 
 
-def payment_captured(order: Order, reference: str = "sim_1", amount: str = "10.00") -> Envelope:
-    """Billing's outcome for `order`: charged, fraud approved it."""
+def payment_captured(
+    order: Order, reference: str = "sim_1", amount: str | None = None, currency: str | None = None
+) -> Envelope:
+    """Billing's outcome for `order`: charged (the order's amount unless told), fraud approved it."""
     return envelope_for(
         PaymentCaptured(
             order_id=str(order.id),
             payment_id=str(uuid.uuid4()),
-            amount=amount,
-            currency="EUR",
+            amount=amount or (str(order.amount) if order.price is not None else "10.00"),
+            currency=currency or order.currency or "EUR",
             gateway_reference=reference,
             fraud_score=0,
             fraud_reasons=[],

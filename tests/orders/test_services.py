@@ -11,6 +11,7 @@ from fraud.events import FraudCheckCompleted
 from ordering import catalogue
 from ordering.messaging import selectors
 from ordering.messaging.consumer import Outcome
+from ordering.messaging.envelope import Envelope
 from ordering.messaging.errors import PermanentError
 from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
 from orders.models import Order, OrderStatus
@@ -83,7 +84,7 @@ def test_outcomes_of_many_orders_are_applied_in_one_batch(user):
 
 def test_a_stale_outcome_is_ignored_and_logged(user, caplog):
     order = make_order(user)
-    order_mark_processed(order_id=str(order.id), payment_reference="sim_1")
+    order_mark_processed(order_id=str(order.id), payment_reference="sim_1", amount=order.amount, currency="EUR")
     order_mark_payment_declined(order_id=str(order.id), reason="late")
     order.refresh_from_db()
     assert order.status == OrderStatus.PROCESSED
@@ -92,7 +93,39 @@ def test_a_stale_outcome_is_ignored_and_logged(user, caplog):
 
 def test_an_outcome_for_an_unknown_order_is_permanent():
     with pytest.raises(PermanentError):
-        order_mark_processed(order_id=str(uuid.uuid4()), payment_reference="x")
+        order_mark_processed(order_id=str(uuid.uuid4()), payment_reference="x", amount=Decimal("10.00"), currency="EUR")
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"order_id": str(uuid.uuid4())},
+        {"amount": "0.01"},
+        {"currency": "XXX"},
+        {"amount": "NaN"},
+        {"amount": "ten"},
+    ],
+)
+def test_a_capture_that_is_not_the_orders_payment_is_dead_lettered_and_changes_nothing(user, forgery):
+    order = make_order(user, quantity=2, price=Decimal("24.50"))
+    genuine = payment_captured(order)
+    forged = Envelope.from_wire({**genuine.to_wire(), "payload": {**genuine.payload, **forgery}})
+    assert deliver(CAPTURED, forged) == [Outcome.REJECT]
+    order.refresh_from_db()
+    assert (order.status, order.payment_reference) == (OrderStatus.PENDING, "")
+    assert DeadLetter.objects.count() == 1
+    # The genuine capture, of 49.00 EUR, still applies.
+    assert deliver(CAPTURED, genuine) == [Outcome.ACK]
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PROCESSED
+
+
+def test_an_outcome_whose_payload_names_another_order_is_dead_lettered(user):
+    order, other = make_order(user), make_order(user)
+    blocked = PaymentBlocked(order_id=str(other.id), payment_id=str(uuid.uuid4()), fraud_score=100, fraud_reasons=["x"])
+    forged = Envelope.from_wire({**envelope_for(blocked).to_wire(), "aggregate_id": str(order.id)})
+    assert deliver(catalogue.ORDERS_HANDLE_PAYMENT_BLOCKED, forged) == [Outcome.REJECT]
+    assert set(Order.objects.values_list("status", flat=True)) == {OrderStatus.PENDING}
 
 
 def test_a_bad_message_in_a_batch_fails_alone(user):
