@@ -7,7 +7,10 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+# Runtime packages only: requirements.txt ends with a "# Tests and tooling" section (pytest, ruff,
+# matplotlib...) that has no business in a production image.
+RUN sed '/^# Tests and tooling/,$d' requirements.txt > /tmp/runtime.txt \
+    && pip install -r /tmp/runtime.txt && rm /tmp/runtime.txt
 
 COPY . .
 RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v 0

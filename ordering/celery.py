@@ -19,7 +19,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
 class DeclareTopology(bootsteps.StartStopStep):
-    """Declare exchanges, queues and dead-letter queues each time the consumer (re)connects.
+    """Declare (or check: ensure_topology) exchanges, queues and dead-letter queues on every (re)connection.
 
     Runs before the worker starts consuming, so a rejected message always finds its DLX, also
     after a broker restart that lost non-durable state or a fresh vhost.
@@ -28,9 +28,9 @@ class DeclareTopology(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.connection:Connection"}
 
     def start(self, c) -> None:
-        from ordering.messaging.topology import declare_topology
+        from ordering.messaging.topology import ensure_topology
 
-        declare_topology(c.connection)
+        ensure_topology(c.connection)
 
 
 @app.on_after_configure.connect

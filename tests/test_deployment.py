@@ -1,15 +1,38 @@
-"""The ways to run the system agree: Procfile (make run) and docker-compose.yml (docker compose up)."""
+"""The ways to run the system agree (Procfile for make run, docker-compose.yml) and are safe to deploy:
+production settings pass `check --deploy`, a process without a secret key refuses to start, slow clients do not
+starve web."""
 
 import os
+import secrets
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
+from django.db import connection
+
+from tests.chaos.system import free_port, wait_for_web
+from tests.processes import BIN, ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+# What docker-compose.yml requires (it has no default for any of them); dummy values to validate it.
+COMPOSE_SECRETS = {
+    "SECRET_KEY": "compose-check-only",
+    "POSTGRES_PASSWORD": "pg",
+    "RABBITMQ_ADMIN_PASSWORD": "admin",
+    "RABBITMQ_TOPOLOGY_PASSWORD": "topology",
+    "RABBITMQ_RELAY_PASSWORD": "relay",
+    "RABBITMQ_BILLING_PASSWORD": "billing",
+    "RABBITMQ_ORDERS_PASSWORD": "orders",
+    "RABBITMQ_FLOWER_PASSWORD": "flower",
+    "FLOWER_BASIC_AUTH": "admin:flower",
+}
 
 
 def procfile() -> dict[str, str]:
@@ -32,9 +55,60 @@ def test_compose_file_is_valid_for_docker_compose():
             pytest.fail("docker-compose is not installed (.ci/run installs it) and CI must check the compose file")
         pytest.skip("docker-compose not installed: apt-get install docker-compose")
     result = subprocess.run(
-        [binary, "-f", str(COMPOSE), "config", "-q"], check=False, capture_output=True, text=True, cwd=ROOT
+        [binary, "-f", str(COMPOSE), "config", "-q"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **COMPOSE_SECRETS},
     )
     assert result.returncode == 0, result.stderr
+    # Without them compose refuses: no secret has a default.
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config", "-q"], check=False, capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode != 0
+    assert "set " in result.stderr
+
+
+def test_compose_publishes_only_the_api_on_every_interface():
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            if name != "web":
+                assert port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_has_no_default_secrets():
+    text = COMPOSE.read_text()
+    for variable in COMPOSE_SECRETS:
+        assert f"${{{variable}:?" in text, variable
+        assert f"${{{variable}:-" not in text, variable
+
+
+def gunicorn_config(command: str) -> dict[str, str]:
+    """gunicorn's fully resolved settings for `command`, run from the repository root (gunicorn.conf.py)."""
+    env = {**os.environ, "PORT": "8000", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(
+        ["/bin/sh", "-c", f"exec {command} --print-config"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    pairs = (line.split(" = ", 1) for line in result.stdout.splitlines() if " = " in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_web_runs_gthread_without_control_socket_in_procfile_and_compose():
+    web = compose()["services"]["web"]
+    for command in (procfile()["web"], " ".join(web["command"])):
+        config = gunicorn_config(command)
+        assert config["worker_class"] == "gthread", command
+        assert config["control_socket_disable"] == "True", command
+    graceful = int(gunicorn_config(" ".join(web["command"]))["graceful_timeout"])
+    assert int(web["stop_grace_period"].rstrip("s")) > graceful
 
 
 def test_compose_runs_every_procfile_process():
@@ -58,3 +132,98 @@ def test_compose_services_have_healthchecks_and_wait_for_dependencies():
 
 def test_web_binds_to_port_variable_in_procfile():
     assert "${PORT:-8000}" in procfile()["web"]
+
+
+# --- Production settings -------------------------------------------------------------------------------------
+def production_env(**overrides: str) -> dict[str, str]:
+    """This environment without the test run's relaxations (SECURE_*, cookies), as production would run."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SECURE_", "SESSION_COOKIE_", "CSRF_COOKIE_", "DEBUG", "SECRET_KEY"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="ordering.settings",
+        DEBUG="false",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        ALLOWED_HOSTS="orders.example.com",
+        SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO,https",
+    )
+    env.update(overrides)
+    return env
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_production_settings_pass_check_deploy_without_warnings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=production_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_process_without_secret_key_refuses_to_start():
+    env = production_env()
+    del env["SECRET_KEY"]
+    result = manage("check", env=env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: SECRET_KEY is not set and DEBUG is off" in result.stderr
+
+
+# --- Slow clients ----------------------------------------------------------------------------------------------
+SLOW_CLIENTS = 4
+
+
+def slow_client(port: int) -> socket.socket:
+    """A connection that starts a request and never finishes its headers (slowloris, at its slowest)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"GET /health/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n")
+    return sock
+
+
+def test_slow_clients_do_not_starve_web(db, tmp_path):
+    """Web started with the Procfile's own command still answers /health/ while slow clients hold connections.
+
+    With gunicorn's sync worker (two workers) the first two of these connections each hold a worker until
+    gunicorn's 30 s worker timeout, and /health/ gets no answer meanwhile.
+    """
+    db = connection.settings_dict
+    port = free_port()
+    web = ManagedProcess(
+        name="web",
+        command=["/bin/sh", "-c", f"exec {procfile()['web']}"],
+        env={
+            **os.environ,
+            # The Procfile names gunicorn as honcho finds it: on PATH.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PORT": str(port),
+            "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        },
+        log_path=tmp_path / "web.log",
+        ready_marker="",
+    )
+    clients: list[socket.socket] = []
+    try:
+        web.start()
+        try:
+            wait_for_web(f"http://127.0.0.1:{port}", timeout=60)
+        except TimeoutError as exc:
+            raise AssertionError(web.log_text()[-3000:]) from exc
+        clients = [slow_client(port) for _ in range(SLOW_CLIENTS)]
+        started = time.monotonic()
+        response = requests.get(f"http://127.0.0.1:{port}/health/", timeout=5)
+        assert response.status_code == 200
+        assert time.monotonic() - started < 3
+    finally:
+        for client in clients:
+            client.close()
+        web.stop()

@@ -38,7 +38,7 @@ from ordering.messaging.envelope import Envelope
 from ordering.messaging.models import OutboxEvent
 from ordering.messaging.outbox import NOTIFY_CHANNEL
 from ordering.messaging.publisher import ConfirmedPublisher, OutgoingMessage, connection_for_confirmed_batches
-from ordering.messaging.topology import declare_topology
+from ordering.messaging.topology import ensure_topology
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,9 @@ class OutboxRelay:
             broker = connection_for_confirmed_batches(self.app)
             broker.heartbeat = self.app.conf.broker_heartbeat
             broker.ensure_connection(max_retries=1)
-            # Every (re)connection declares the topology: the broker may have lost it, and a
-            # message rejected towards a missing dead-letter exchange vanishes.
-            declare_topology(broker)
+            # Every (re)connection declares (or checks) the topology: the broker may have lost
+            # it, and a message rejected towards a missing dead-letter exchange vanishes.
+            ensure_topology(broker)
             self._broker = broker
             self._publisher = ConfirmedPublisher(broker, confirm_timeout=self.confirm_timeout)
         return self._publisher

@@ -3,10 +3,14 @@
 `task_queues()` is the one definition the producer (relay) and the workers share. Celery
 declares the consumer queues itself but never the dead-letter exchange or queues, and a message
 rejected towards a missing DLX vanishes silently, so `declare_topology()` declares everything,
-idempotently, at worker start (a consumer bootstep), at relay start and in the replay command.
+idempotently, at worker start (a consumer bootstep), at relay start and in the replay command
+(`ensure_topology()`: or only checks it, where the processes' broker users may not declare).
 """
 
+import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from kombu import Connection, Exchange, Queue
@@ -63,11 +67,54 @@ def dead_letter_queue(name: str) -> Queue:
 
 
 def task_queues() -> tuple[Queue, ...]:
-    return tuple(consumer_queue(name) for name in catalogue.CONSUMER_QUEUES)
+    """The consumer queues as Celery consumes them (and declares them, unless the topology is only checked)."""
+    queues = tuple(consumer_queue(name) for name in catalogue.CONSUMER_QUEUES)
+    if not settings.MESSAGING["DECLARE_TOPOLOGY"]:
+        for queue in queues:
+            queue.no_declare = True
+    return queues
 
 
 def task_routes() -> dict[str, dict[str, str]]:
     return {s.task_name: {"queue": s.queue, "routing_key": s.queue} for s in catalogue.SUBSCRIPTIONS}
+
+
+class TopologyMissing(Exception):
+    """An exchange or queue of the system does not exist, and this process may not declare it."""
+
+
+def ensure_topology(connection: Connection) -> None:
+    """What the relay and the workers run on every (re)connection: declare the topology, or check it.
+
+    With MESSAGING["DECLARE_TOPOLOGY"] (the default) they declare it, so a broker that lost it or a
+    fresh vhost gets it back before any message is published or rejected. Deployments whose
+    processes have least-privilege broker users (docker-compose) turn it off: one job with the
+    rights declares it (`manage.py declare_topology`), and the others only check that it is there
+    (a passive declare needs no permission), failing loudly if not.
+    """
+    if settings.MESSAGING["DECLARE_TOPOLOGY"]:
+        declare_topology(connection)
+        return
+    for exchange in (EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE):
+        _check_exists(connection, "exchange", exchange.name, lambda ch, e=exchange: e.bind(ch).declare(passive=True))
+    for name in catalogue.CONSUMER_QUEUES:
+        for queue in (name, catalogue.dead_letter_queue(name)):
+            _check_exists(connection, "queue", queue, lambda ch, q=queue: ch.queue_declare(queue=q, passive=True))
+    logger.info("topology present: %s", ", ".join(catalogue.CONSUMER_QUEUES))
+
+
+def _check_exists(connection: Connection, kind: str, name: str, declare_passively: Callable[[Any], object]) -> None:
+    # A failed passive declare closes its channel: each check gets a channel of its own.
+    channel = connection.channel()
+    try:
+        declare_passively(channel)
+    except connection.channel_errors as exc:
+        raise TopologyMissing(
+            f"{kind} {name!r} does not exist: declare the topology first (manage.py declare_topology)"
+        ) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
 
 
 def declare_topology(connection: Connection) -> None:

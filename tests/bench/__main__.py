@@ -156,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     process_env = {
         "SECRET_KEY": "benchmark-only-secret-key",
         "DEBUG": "false",
+        # gunicorn serves plain HTTP on 127.0.0.1 here: no redirect to HTTPS.
+        "SECURE_SSL_REDIRECT": "false",
         "LOG_LEVEL": args.log_level,
         "SIMULATED_GATEWAY_LATENCY_MS": str(args.gateway_latency_ms),
+        # One token sends every order (hundreds a second): measure the pipeline, not the throttle.
+        "API_THROTTLE_USER_RATE": "none",
+        "API_THROTTLE_CREATE_RATE": "none",
     }
     environment = ChaosEnvironment(kind="bench", process_env=process_env)
     stamp = time.strftime("%Y%m%d-%H%M%S")

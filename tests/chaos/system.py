@@ -37,6 +37,8 @@ PROCESS_ENV = {
     "LOG_LEVEL": "INFO",
     "SECRET_KEY": "chaos-run-only-secret-key",
     "DEBUG": "false",
+    # gunicorn serves plain HTTP on 127.0.0.1 here: no redirect to HTTPS.
+    "SECURE_SSL_REDIRECT": "false",
     "CONSUMER_RETRY_MAX": str(RETRY_MAX),
     "CONSUMER_RETRY_BACKOFF_SECONDS": "1",
     "CONSUMER_RETRY_BACKOFF_MAX_SECONDS": str(max(RETRY_DELAYS)),
@@ -44,6 +46,9 @@ PROCESS_ENV = {
     "RELAY_SWEEP_SECONDS": "1",
     # A few ms per charge, so kills land inside the gateway call now and then.
     "SIMULATED_GATEWAY_LATENCY_MS": "20",
+    # The load comes from one token at up to hundreds of orders a second: no API throttling.
+    "API_THROTTLE_USER_RATE": "none",
+    "API_THROTTLE_CREATE_RATE": "none",
 }
 
 

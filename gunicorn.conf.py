@@ -1,0 +1,26 @@
+"""gunicorn settings shared by every way of running web: gunicorn reads ./gunicorn.conf.py from its working
+directory, which is the repository root for the Procfile (make run), the tests and the benchmark, and /app in
+the image (docker-compose). Command lines keep only what differs per run: bind address, workers, timeouts.
+https://gunicorn.org/reference/settings/
+"""
+
+import os
+
+# gthread, not sync. A sync worker reads a request's headers itself, blocking, so each client that
+# sends its headers slowly holds a whole worker: two such connections made /health/ time out for
+# 25 s with two workers (tests/test_deployment.py reproduces it). A gthread worker waits for a
+# connection's first bytes in its poller, reads headers in one of its threads and keeps accepting
+# meanwhile, so a few slow clients take a few threads, not the server. It is not a bound: gunicorn
+# 27 has no header-read deadline, so WEB_THREADS x workers stalled connections still fill every
+# thread. Public traffic belongs behind a buffering proxy (nginx, a cloud load balancer) that only
+# forwards complete requests. gthread also keeps connections alive between requests (sync closes
+# each one), which saves the benchmark's clients a TCP handshake per request.
+worker_class = "gthread"
+# Threads are created on demand, each with its own database connection (DB_CONN_MAX_AGE): workers x
+# WEB_THREADS is also the web tier's ceiling on PostgreSQL connections.
+threads = int(os.environ.get("WEB_THREADS", "8"))
+
+# No control socket. gunicorn 25.1+ opens one at a fixed path ($XDG_RUNTIME_DIR/gunicorn.ctl or
+# ~/.gunicorn/gunicorn.ctl), so two instances on one host (make run next to a test run, the chaos
+# run, the benchmark's ceilings) delete each other's socket. Nothing here uses gunicornc.
+control_socket_disable = True

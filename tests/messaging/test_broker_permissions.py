@@ -1,0 +1,94 @@
+"""The least-privilege broker users of docker-compose (scripts/rabbitmq_users.py), on the real broker.
+
+The users are created in the test run's vhost with the script's own permission table; the relay
+and the workers run as real processes with BROKER_DECLARE_TOPOLOGY=false, as compose runs them.
+"""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from amqp.exceptions import AccessRefused, NotFound
+from kombu import Connection
+
+from ordering import catalogue
+from orders.models import Order
+from tests.conftest import make_order
+from tests.integration.conftest import process_env
+from tests.isolation import VHOST
+from tests.processes import ProcessGroup, wait_until
+from tests.services import rabbitmqctl
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+ROLES = ("topology", "relay", "billing", "orders", "flower")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def users():
+    """name of each role's user -> its broker URL; the users are deleted after the module."""
+    prefix = f"test-{uuid.uuid4().hex[:6]}-"
+    passwords = {role: uuid.uuid4().hex for role in ROLES}
+    env = {**os.environ, **{f"RABBITMQ_{role.upper()}_PASSWORD": pw for role, pw in passwords.items()}}
+    subprocess.run(
+        [sys.executable, "-m", "scripts.rabbitmq_users", "--rabbitmqctl", "--vhost", VHOST, "--user-prefix", prefix],
+        cwd=ROOT, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        yield {role: f"amqp://{prefix}{role}:{pw}@127.0.0.1:5672/{VHOST}" for role, pw in passwords.items()}
+    finally:
+        for role in ROLES:
+            rabbitmqctl("delete_user", prefix + role, check=False)
+
+
+def test_the_pipeline_runs_with_each_process_on_its_own_least_privilege_user(broker, users, user, tmp_path):
+    # The migrate job's part: the topology user declares the topology.
+    subprocess.run(
+        [sys.executable, "manage.py", "declare_topology"],
+        cwd=ROOT, env={**process_env(), "CELERY_BROKER_URL": users["topology"]}, check=True, capture_output=True,
+    )  # fmt: skip
+    group = ProcessGroup(env={**process_env(), "BROKER_DECLARE_TOPOLOGY": "false"}, log_dir=tmp_path)
+    group.add_relay(CELERY_BROKER_URL=users["relay"])
+    group.add_worker("billing", catalogue.BILLING_QUEUE, concurrency=1, CELERY_BROKER_URL=users["billing"])
+    group.add_worker("orders", catalogue.ORDERS_QUEUE, concurrency=1, CELERY_BROKER_URL=users["orders"])
+    try:
+        group.start_all()
+        order = make_order(user)
+        wait_until(
+            lambda: Order.objects.filter(pk=order.pk, status="PROCESSED").exists(),
+            timeout=30,
+            message="the order to be processed by processes on least-privilege users",
+        )
+    finally:
+        group.stop_all()
+
+
+@pytest.mark.parametrize(
+    ("role", "queue"),
+    [
+        ("relay", catalogue.BILLING_QUEUE),
+        ("relay", catalogue.ORDERS_QUEUE),
+        ("billing", catalogue.ORDERS_QUEUE),
+        ("orders", catalogue.BILLING_QUEUE),
+        ("billing", catalogue.dead_letter_queue(catalogue.BILLING_QUEUE)),
+    ],
+)
+def test_a_process_cannot_read_a_queue_that_is_not_its_own(broker, users, role, queue):
+    with Connection(users[role]) as conn, pytest.raises(AccessRefused):
+        conn.default_channel.basic_get(queue)
+
+
+def test_the_relay_cannot_declare_or_delete_anything(broker, users):
+    with Connection(users["relay"]) as conn:
+        with pytest.raises(AccessRefused):
+            conn.channel().queue_delete(catalogue.BILLING_QUEUE)
+        with pytest.raises(AccessRefused):
+            conn.channel().queue_declare("anything", durable=True)
+        # A passive check needs no permission: that is how it finds the topology.
+        conn.channel().queue_declare(catalogue.BILLING_QUEUE, passive=True)
+        with pytest.raises(NotFound):
+            conn.channel().queue_declare("no-such-queue", passive=True)
