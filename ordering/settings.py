@@ -3,22 +3,56 @@
 Each section names the variables it reads; README.md lists them all with their defaults.
 """
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
 # --- Core Django -------------------------------------------------------------------------------
+# DEBUG, SECRET_KEY, ALLOWED_HOSTS, CSRF_TRUSTED_ORIGINS.
 # SECRET_KEY has a development default only while DEBUG is on; a production process without one
-# refuses to start rather than signing sessions with a published key.
+# refuses to start rather than signing sessions with a published key (Django itself would only
+# fail on the first request that needs the key, and answer 500 until then).
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key" if DEBUG else None)
+SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key" if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set and DEBUG is off: set SECRET_KEY to a long random value "
+        "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DEBUG=true for development."
+    )
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- HTTPS (behind a TLS-terminating proxy) ----------------------------------------------------
+# SECURE_SSL_REDIRECT, SECURE_HSTS_SECONDS, SECURE_HSTS_INCLUDE_SUBDOMAINS, SECURE_HSTS_PRELOAD,
+# SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE, SECURE_PROXY_SSL_HEADER.
+# Secure by default with DEBUG off (what `manage.py check --deploy` asks for), relaxed with DEBUG on
+# (`make run` serves plain HTTP on 127.0.0.1). Processes that serve plain HTTP with DEBUG off (the
+# tests, the chaos run, the benchmark) set SECURE_SSL_REDIRECT=false explicitly.
+# https://docs.djangoproject.com/en/stable/ref/middleware/#module-django.middleware.security
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Health checks of containers and load balancers probe over plain HTTP: /health/ never redirects.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+# HSTS is a promise browsers keep for SECURE_HSTS_SECONDS, for every subdomain with
+# INCLUDE_SUBDOMAINS and, with PRELOAD, consent to be built into browsers: roll out with a short
+# SECURE_HSTS_SECONDS and PRELOAD=false first on a domain whose subdomains are not all on HTTPS yet.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# Behind a proxy that terminates TLS, e.g. SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https:
+# without it every request looks like plain HTTP and SECURE_SSL_REDIRECT loops. Set it only when
+# the proxy overwrites that header on every request, or any client can claim HTTPS.
+SECURE_PROXY_SSL_HEADER = env.tuple("SECURE_PROXY_SSL_HEADER", default=None) or None
+if SECURE_PROXY_SSL_HEADER is not None and len(SECURE_PROXY_SSL_HEADER) != 2:
+    raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER is '<header>,<value>', e.g. HTTP_X_FORWARDED_PROTO,https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -35,14 +69,16 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_results",
     "log_request_id",
+    "axes",
     "ordering.messaging",
+    "ordering.idempotency",
     "orders",
     "billing",
     "fraud",
 ]
 
 MIDDLEWARE = [
-    "log_request_id.middleware.RequestIDMiddleware",
+    "ordering.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -51,6 +87,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "ordering.urls"
@@ -113,8 +151,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
+    "DEFAULT_PARSER_CLASSES": [
+        "ordering.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, with the error responses every operation shares (ordering/schema.py).
+    "DEFAULT_SCHEMA_CLASS": "ordering.schema.AutoSchema",
     "EXCEPTION_HANDLER": "ordering.api.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
@@ -126,6 +170,72 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
+
+# --- API protection: idempotency keys, throttling, login lockout -------------------------------
+# CACHE_URL, CACHE_KEY_PREFIX, IDEMPOTENCY_KEY_TTL_SECONDS, API_THROTTLE_USER_RATE,
+# API_THROTTLE_CREATE_RATE, API_THROTTLE_ANON_RATE, TRUSTED_PROXY_COUNT, AXES_FAILURE_LIMIT,
+# AXES_COOLOFF_MINUTES. README.md, "Security", says what each protects against.
+
+# Idempotency-Key on POST /api/orders/ (ordering/idempotency): how long a key and its response are
+# kept; `manage.py purge_idempotency_keys` deletes expired ones (schedule it).
+IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 60 * 60)
+
+# The throttles' counters, shared by every web process. Short socket timeouts: an unreachable
+# Redis costs a request a fraction of a second, then the throttle lets it through
+# (ordering/throttling.py). https://docs.djangoproject.com/en/stable/topics/cache/#redis
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env.str("CACHE_URL", default="redis://127.0.0.1:6379/0"),
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="ordering"),
+        "OPTIONS": {"socket_connect_timeout": 0.25, "socket_timeout": 0.25},
+    },
+}
+
+
+def _throttle_rate(name: str, default: str) -> str | None:
+    """A DRF rate ("120/min"); "none" turns that throttle off (the benchmark and chaos runs do)."""
+    rate = env.str(name, default=default)
+    return None if rate.strip().lower() in {"", "none", "off"} else rate
+
+
+# Per client (user id; anonymous: IP address), in the shared cache. A throttled request gets 429
+# with Retry-After. The create rate applies on top of the user rate. The defaults leave room for a
+# busy integration; the benchmark and the chaos run, which send hundreds of orders a second from
+# one token, turn both off in the environment of their processes.
+# https://www.django-rest-framework.org/api-guide/throttling/
+REST_FRAMEWORK |= {
+    "DEFAULT_THROTTLE_CLASSES": ["ordering.throttling.UserRateThrottle", "ordering.throttling.AnonRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": _throttle_rate("API_THROTTLE_USER_RATE", "600/min"),
+        "create": _throttle_rate("API_THROTTLE_CREATE_RATE", "120/min"),
+        "anon": _throttle_rate("API_THROTTLE_ANON_RATE", "60/min"),
+    },
+}
+
+# Reverse proxies in front of the web processes that append the client's address to
+# X-Forwarded-For. 0 (no proxy): only REMOTE_ADDR is trusted, and a client cannot pick its own
+# address with a forged header. N: the address N hops from the right of X-Forwarded-For.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+REST_FRAMEWORK["NUM_PROXIES"] = TRUSTED_PROXY_COUNT
+
+# django-axes: a (username, IP address) pair that fails AXES_FAILURE_LIMIT logins in a row is locked
+# out for AXES_COOLOFF_MINUTES (429) on the admin and the browsable API's login; a success resets
+# the count. Failures are kept in the database (the admin lists them; `manage.py axes_reset`
+# unlocks). API tokens never go through Django's authenticate(): axes does not see or block them.
+# https://django-axes.readthedocs.io/en/latest/4_configuration.html
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if TRUSTED_PROXY_COUNT else ("REMOTE_ADDR",)
+AXES_IPWARE_PROXY_COUNT = TRUSTED_PROXY_COUNT or None
+AXES_IPWARE_PROXY_ORDER = "right-most"
 
 # --- Correlation ids ---------------------------------------------------------------------------
 # django-log-request-id takes the correlation id from the X-Correlation-ID request header (or
@@ -236,6 +346,9 @@ MESSAGING = {
     # Longest wait between a worker's attempts to reach a broker that went away.
     "BROKER_RECONNECT_MAX_SECONDS": env.float("BROKER_RECONNECT_MAX_SECONDS", default=2.0),
     "REPLAY_MAX_REPLAYS": env.int("REPLAY_MAX_REPLAYS", default=3),
+    # The relay and the workers declare the topology on every connection; with least-privilege
+    # broker users (docker-compose) they only check it, and `manage.py declare_topology` declares it.
+    "DECLARE_TOPOLOGY": env.bool("BROKER_DECLARE_TOPOLOGY", default=True),
     # If set, the relay touches this file on every loop: a liveness probe for containers.
     "RELAY_HEARTBEAT_FILE": env.str("RELAY_HEARTBEAT_FILE", default=""),
 }
@@ -243,6 +356,14 @@ MESSAGING = {
 # --- Domain ------------------------------------------------------------------------------------
 ORDER_DEFAULT_CURRENCY = env.str("ORDER_DEFAULT_CURRENCY", default="EUR")
 ORDER_CURRENCIES = env.list("ORDER_CURRENCIES", default=["EUR", "USD", "GBP"])
+# The largest total (price x quantity) an order may have; the API refuses a larger order before
+# anything is written. Every amount column (payments, fraud checks, simulated charges: numeric(14,
+# 2), and the orders table's check constraint) holds up to ORDER_AMOUNT_CEILING, so the setting
+# may not exceed it.
+ORDER_AMOUNT_CEILING = Decimal("999999999999.99")
+ORDER_AMOUNT_MAX = Decimal(env.str("ORDER_AMOUNT_MAX", default="1000000.00"))
+if not Decimal("0.01") <= ORDER_AMOUNT_MAX <= ORDER_AMOUNT_CEILING:
+    raise ImproperlyConfigured(f"ORDER_AMOUNT_MAX must be between 0.01 and {ORDER_AMOUNT_CEILING}")
 
 FRAUD_AMOUNT_LIMIT = Decimal(env.str("FRAUD_AMOUNT_LIMIT", default="10000.00"))
 FRAUD_VELOCITY_MAX_ORDERS = env.int("FRAUD_VELOCITY_MAX_ORDERS", default=5)

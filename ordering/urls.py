@@ -7,6 +7,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from ordering import admin as _third_party_admin  # noqa: F401 (admin choices for third-party models)
 from orders.apis import OrderViewSet
 
 router = DefaultRouter()

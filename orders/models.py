@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 from django_fsm import FSMField, transition
 
@@ -48,6 +49,11 @@ class Order(EventSourcedModel):
         constraints = [
             models.CheckConstraint(condition=models.Q(price__gt=0), name="order_price_positive"),
             models.CheckConstraint(condition=models.Q(quantity__gte=1), name="order_quantity_positive"),
+            # The total fits every amount column downstream (payments, fraud checks: numeric(14, 2)).
+            models.CheckConstraint(
+                condition=LessThanOrEqual(models.F("price") * models.F("quantity"), settings.ORDER_AMOUNT_CEILING),
+                name="order_amount_fits",
+            ),
         ]
 
     def __str__(self) -> str:

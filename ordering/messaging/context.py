@@ -1,5 +1,6 @@
 """Which request or event is being handled: its correlation id, and the causation id it implies."""
 
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,9 @@ from log_request_id import local
 _causation_id: ContextVar[uuid.UUID | None] = ContextVar("causation_id", default=None)
 
 MAX_CORRELATION_ID_LENGTH = 100  # OutboxEvent.correlation_id
+# What a client may send as X-Correlation-ID: letters, digits and . _ : - (a UUID, a trace id),
+# at most what the outbox stores. Anything else is replaced, never echoed or logged.
+CORRELATION_ID_PATTERN = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_CORRELATION_ID_LENGTH}}}")
 
 
 def current_correlation_id() -> str:

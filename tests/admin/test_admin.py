@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 from django_celery_results.models import TaskResult
+from rest_framework.authtoken.models import Token
 
 from fraud.models import BlockedBuyer
 from ordering import catalogue
@@ -70,3 +71,22 @@ def test_blocklist_is_editable(operator):
     response = operator.post("/admin/fraud/blockedbuyer/add/", {"buyer": "mallory@example.com", "reason": "fraud"})
     assert response.status_code == 302
     assert BlockedBuyer.objects.filter(buyer="mallory@example.com").exists()
+
+
+def test_api_tokens_are_listed_masked_and_a_new_one_is_shown_once(operator, user):
+    token = Token.objects.create(user=user)
+    listing = operator.get("/admin/authtoken/tokenproxy/").content.decode()
+    assert token.key[:4] in listing
+    assert token.key not in listing
+    someone = get_user_model().objects.create_user(username="someone")
+    response = operator.post("/admin/authtoken/tokenproxy/add/", {"user": someone.pk}, follow=True)
+    assert Token.objects.get(user=someone).key in response.content.decode()
+    assert Token.objects.get(user=someone).key not in operator.get("/admin/authtoken/tokenproxy/").content.decode()
+
+
+@pytest.mark.parametrize(
+    "url", ["/admin/django_celery_results/taskresult/", "/admin/django_celery_results/groupresult/"]
+)
+def test_the_records_behind_dead_letters_cannot_be_edited_or_deleted_in_the_admin(operator, url):
+    failed_task(str(uuid.uuid4()))
+    assert operator.get(url).status_code == 404
