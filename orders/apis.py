@@ -1,11 +1,17 @@
 """The orders REST API: create, list (paginated, filterable by status) and read orders."""
 
-from drf_spectacular.utils import extend_schema
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
+from rest_framework.throttling import BaseThrottle
 
+from ordering.idempotency import decorators as idempotency
+from ordering.parsers import JSONParser
+from ordering.schema import ErrorSerializer
+from ordering.throttling import CreateRateThrottle
 from orders.selectors import order_list_visible_to
 from orders.serializers import OrderCreateSerializer, OrderSerializer
 from orders.services import order_create
@@ -13,15 +19,68 @@ from orders.services import order_create
 
 class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = OrderSerializer
+    # JSON only: a form's values are all strings and an empty one counts as absent, so a form
+    # could not be held to the schema's types (another Content-Type is 415, as documented).
+    parser_classes = [JSONParser]
     filterset_fields = ["status"]
 
     def get_queryset(self):
         return order_list_visible_to(user=self.request.user)
 
-    @extend_schema(request=OrderCreateSerializer, responses={201: OrderSerializer})
+    def get_throttles(self) -> list[BaseThrottle]:
+        if self.action == "create":
+            return [*super().get_throttles(), CreateRateThrottle()]
+        return super().get_throttles()
+
+    @extend_schema(
+        request=OrderCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                idempotency.HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="1-255 printable ASCII characters, per client, kept IDEMPOTENCY_KEY_TTL_SECONDS: "
+                "a retry with the same key and body gets the first response again (Idempotent-Replayed: true). "
+                "A malformed key is 400 (`code` idempotency_key_invalid).",
+                pattern=idempotency.KEY_PATTERN,
+            ),
+            OpenApiParameter("Location", str, OpenApiParameter.HEADER, response=[201], description="The new order."),
+            OpenApiParameter(
+                idempotency.REPLAYED_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                response=[201],
+                description="`true` when this is the stored response to an earlier request with the same key.",
+            ),
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                response=[409],
+                description="Seconds to wait before retrying.",
+            ),
+        ],
+        responses={
+            201: OrderSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="A request with this Idempotency-Key is still in flight "
+                "(`code` idempotency_key_in_flight).",
+            ),
+            422: OpenApiResponse(
+                ErrorSerializer,
+                description="This Idempotency-Key was used with a different request (`code` idempotency_key_mismatch).",
+            ),
+        },
+    )
+    @idempotency.idempotent
     def create(self, request: Request) -> Response:
         incoming = OrderCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        order = order_create(owner=request.user, **incoming.validated_data)
-        location = reverse("order-detail", args=[order.id], request=request)
-        return Response(OrderSerializer(order).data, status=status.HTTP_201_CREATED, headers={"Location": location})
+        # The response is rendered before the order commits: whatever fails while building it
+        # rolls the order back, so a client never gets a 5xx for an order that was accepted.
+        with transaction.atomic():
+            order = order_create(owner=request.user, **incoming.validated_data)
+            location = reverse("order-detail", args=[order.id], request=request)
+            body = OrderSerializer(order).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": location})
