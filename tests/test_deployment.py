@@ -71,11 +71,17 @@ def test_compose_file_is_valid_for_docker_compose():
     assert "set " in result.stderr
 
 
-def test_compose_publishes_only_the_api_on_every_interface():
-    for name, service in compose()["services"].items():
+def test_compose_publishes_only_the_api_on_every_interface_through_the_buffering_proxy():
+    services = compose()["services"]
+    for name, service in services.items():
         for port in service.get("ports", []):
-            if name != "web":
+            if name != "proxy":
                 assert port.startswith("127.0.0.1:"), (name, port)
+    assert services["proxy"]["ports"] == ["8000:8080"]
+    assert "ports" not in services["web"]
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "server web:8000;" in config
+    assert "client_header_timeout 10s;" in config
 
 
 def test_compose_has_no_default_secrets():
@@ -121,7 +127,7 @@ def test_compose_runs_every_procfile_process():
 
 def test_compose_services_have_healthchecks_and_wait_for_dependencies():
     services = compose()["services"]
-    for name in ("postgres", "rabbitmq", "web", "relay", "billing", "orders", "flower"):
+    for name in ("postgres", "rabbitmq", "redis", "web", "proxy", "relay", "billing", "orders", "flower"):
         assert "healthcheck" in services[name], name
     for name in ("web", "relay", "billing", "orders"):
         depends = services[name]["depends_on"]
