@@ -9,16 +9,18 @@ PORT ?= 8000
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordering
 export CELERY_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: help venv db run demo-user test lint chaos chaos-long bench compose-check clean
+.PHONY: help venv db run demo-user flower test lint chaos chaos-long bench clean
 
 help:
 	@echo "make run         start the whole system (web :$(PORT), relay, workers) in the foreground"
+	@echo "make flower      Celery's monitor on http://127.0.0.1:5555, next to make run"
 	@echo "make test        run the test suite against the local PostgreSQL and RabbitMQ"
-	@echo "make demo-user   create a staff user 'demo' and print its API token"
+	@echo "make demo-user   create a staff user 'demo' and print its API token (TOKEN=\$$(make -s demo-user ARGS=--token-only))"
 	@echo "make chaos       the short fault-injection run with its ledger check"
 	@echo "make chaos-long  the long fault-injection run (>= 10,000 orders, >= 20 faults)"
 	@echo "make bench       throughput and latency numbers of the pipeline"
 	@echo "make lint        ruff"
+	@echo "make clean       remove the virtualenv, collected static files and caches"
 
 $(BIN)/.installed: requirements.txt
 	@test -n "$(PYTHON)" || { scripts/find-python.sh; exit 1; }
@@ -37,18 +39,19 @@ db: venv
 run: export DEBUG ?= true
 run: db
 	$(BIN)/python manage.py declare_topology
-	@echo ""
-	@echo "  API          http://127.0.0.1:$(PORT)/api/orders/"
-	@echo "  API docs     http://127.0.0.1:$(PORT)/api/docs/"
-	@echo "  Admin        http://127.0.0.1:$(PORT)/admin/"
-	@echo "  Login/token  in another terminal: make demo-user   (user demo / demo-password)"
-	@echo "  Stop         Ctrl-C (warm shutdown: running tasks finish first)"
-	@echo ""
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --port $(PORT)
+	@# Where things are, printed once web answers (below the start-up banners, not above them).
+	@$(BIN)/python scripts/announce.py $(PORT) &
+	@# Ctrl-C ends honcho with 130: that is how this target is meant to stop, not an error.
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --port $(PORT) || test $$? -eq 130
 
 demo-user: export DEBUG ?= true
+demo-user: export PORT := $(PORT)
 demo-user: db
-	$(BIN)/python manage.py create_demo_user
+	@$(BIN)/python manage.py create_demo_user $(ARGS)
+
+flower: export DEBUG ?= true
+flower: venv
+	$(BIN)/celery -A ordering flower --address=127.0.0.1 --port=5555 || test $$? -eq 130
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

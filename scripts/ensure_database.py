@@ -25,7 +25,7 @@ def main() -> int:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             return 0
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        print(f"created database {name}")
+        print(f"created database {name}", file=sys.stderr)  # stdout may be captured (make -s demo-user)
     return 0
 
 

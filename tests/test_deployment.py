@@ -233,3 +233,9 @@ def test_slow_clients_do_not_starve_web(db, tmp_path):
         for client in clients:
             client.close()
         web.stop()
+
+
+def test_env_example_names_every_secret_compose_requires():
+    example = (ROOT / ".env.example").read_text()
+    named = {line.split("=", 1)[0] for line in example.splitlines() if line and not line.startswith("#")}
+    assert named == set(COMPOSE_SECRETS)

@@ -1,6 +1,7 @@
 """Reads over the messaging tables: event history of an order, dead-letter failure details."""
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -52,18 +53,30 @@ def failure_summary(failure: DeadLetter) -> str:
     except ValueError:
         return failure.result or ""
     if isinstance(result, dict):
-        return f"{result.get('exc_type', '?')}: {result.get('exc_message', '')}"
+        message = result.get("exc_message", "")
+        # Celery stores the exception's args: ['simulated gateway outage'] reads as the message.
+        if isinstance(message, list | tuple):
+            message = ", ".join(str(arg) for arg in message)
+        return f"{result.get('exc_type', '?')}: {message}"
     return str(result)
 
 
-def dead_letter_failure(task_id: str | None) -> str | None:
-    """The recorded failure of a dead-lettered task, with its attempt count, if one was stored."""
-    if not task_id:
-        return None
-    failure = DeadLetter.objects.filter(task_id=task_id).first()
-    if failure is None:
-        return None
-    return f"{failure_summary(failure)} (attempts: {failure_attempts(failure)})"
+@dataclass(frozen=True)
+class FailureRecord:
+    """What was recorded when a task failed for good: for operators' listings."""
+
+    summary: str
+    attempts: int | None
+    failed_at: datetime | None
+
+
+def dead_letter_failures(task_ids: Iterable[str]) -> dict[str, FailureRecord]:
+    """The recorded failure of each dead-lettered task that has one, by task id (one query)."""
+    ids = [task_id for task_id in task_ids if task_id]
+    return {
+        failure.task_id: FailureRecord(failure_summary(failure), failure_attempts(failure), failure.date_done)
+        for failure in DeadLetter.objects.filter(task_id__in=ids)
+    }
 
 
 def failure_meta(failure: DeadLetter) -> dict:

@@ -89,7 +89,7 @@ def test_task_over_its_soft_time_limit_is_retried_then_dead_lettered_not_lost(sy
     [failure] = selectors.dead_letters_for_order(str(order.id))
     assert selectors.failure_summary(failure).startswith("SoftTimeLimitExceeded")
     assert selectors.failure_attempts(failure) == RETRY_MAX + 1
-    assert f"order={order.id}" in replay("--dry-run", "--order", str(order.id))  # the message waits in the DLQ
+    assert f"order {order.id}" in replay("--dry-run", "--order", str(order.id))  # the message waits in the DLQ
     replay("--order", str(order.id), "--reset-retries")
     wait_for_status(order.id, "PROCESSED", timeout=30)
     assert SimulatedCharge.objects.filter(idempotency_key=f"order-{order.id}").count() == 1

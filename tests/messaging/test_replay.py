@@ -3,10 +3,13 @@
 import io
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
+from django_celery_results.models import TaskResult
 from kombu import Producer
 
 from ordering import catalogue
@@ -194,3 +197,32 @@ def test_replay_to_a_missing_queue_keeps_the_dead_letter(broker, monkeypatch):
     with pytest.raises(CommandError, match="could not be replayed"):
         replay()
     assert len(drain(broker, BILLING_DLQ)) == 1
+
+
+def test_dry_run_lists_each_dead_letter_readably_with_a_summary_by_cause(broker):
+    order_id = str(uuid.uuid4())
+    task_id = put_dead_letter(broker, order_id=order_id)
+    TaskResult.objects.create(
+        task_id=task_id, task_name=catalogue.BILLING_HANDLE_ORDER_CREATED, status="FAILURE",
+        result=json.dumps({"exc_type": "GatewayUnavailable", "exc_message": ["simulated gateway outage"]}),
+        meta=json.dumps({"queue": catalogue.BILLING_QUEUE, "retries": 5}),
+    )  # fmt: skip
+    # date_done is set on save (auto_now): age the record afterwards.
+    TaskResult.objects.filter(task_id=task_id).update(date_done=timezone.now() - timedelta(minutes=12, seconds=5))
+    put_dead_letter(broker)
+    report = replay("--dry-run")
+    assert "GatewayUnavailable: simulated gateway outage; 6 attempts, failed " in report
+    assert "(12 min ago)" in report
+    assert "['" not in report
+    assert max(len(line) for line in report.splitlines()) <= 120
+    assert f"order {order_id}" in report
+    assert "by cause:" in report
+    assert "would replay 2, skipped 0, failed 0" in report
+
+
+def test_json_output_carries_every_dead_letter_and_the_counts(broker):
+    task_id = put_dead_letter(broker)
+    document = json.loads(replay("--dry-run", "--json"))
+    assert document["counts"] == {"would_replay": 1, "skipped": 0, "failed": 0}
+    [row] = document["dead_letters"]
+    assert (row["task_id"], row["action"], row["origin_queue"]) == (task_id, "would replay", catalogue.BILLING_QUEUE)
