@@ -349,6 +349,17 @@ def _fail(
     logger.error(
         "Task %s[%s] failed for good: %s: %s", task.name, delivery.task_id, type(exc).__name__, exc, exc_info=exc
     )
+    # The line an operator searches for: which order, where its message went, why.
+    queue = catalogue.queue_of_task(task.name)
+    logger.warning(
+        "order %s: %s dead-lettered to %s after %d attempts: %s: %s",
+        (envelope or {}).get("aggregate_id", "?"),
+        task.name,
+        catalogue.dead_letter_queue(queue),
+        delivery.retries + 1,
+        type(exc).__name__,
+        exc,
+    )
     _store(task.backend.mark_as_failure, delivery.task_id, exc, request)
     return Outcome.REJECT
 

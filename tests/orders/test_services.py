@@ -182,3 +182,13 @@ def test_order_record_fraud_decision(user):
     order.refresh_from_db()
     assert (order.fraud_decision, order.fraud_score, order.fraud_reasons) == ("rejected", 80, ["amount_over_limit"])
     assert order.status == OrderStatus.PENDING
+
+
+def test_a_dead_lettered_message_leaves_one_warning_naming_the_order_the_queue_and_the_cause(user, caplog):
+    ghost = Order(id=uuid.uuid4())
+    with caplog.at_level("WARNING"):
+        assert deliver(CAPTURED, payment_captured(ghost)) == [Outcome.REJECT]
+    assert (
+        f"order {ghost.id}: {CAPTURED} dead-lettered to orders.events.dlq after 1 attempts: PermanentError: "
+        in caplog.text
+    )
