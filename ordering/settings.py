@@ -38,7 +38,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # https://docs.djangoproject.com/en/stable/ref/middleware/#module-django.middleware.security
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # Health checks of containers and load balancers probe over plain HTTP: /health/ never redirects.
-SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_REDIRECT_EXEMPT = [r"^health/"]
 # HSTS is a promise browsers keep for SECURE_HSTS_SECONDS, for every subdomain with
 # INCLUDE_SUBDOMAINS and, with PRELOAD, consent to be built into browsers: roll out with a short
 # SECURE_HSTS_SECONDS and PRELOAD=false first on a domain whose subdomains are not all on HTTPS yet.
@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_results",
     "log_request_id",
+    "health_check",
     "axes",
     "ordering.messaging",
     "ordering.idempotency",
@@ -349,6 +350,8 @@ MESSAGING = {
     # The relay and the workers declare the topology on every connection; with least-privilege
     # broker users (docker-compose) they only check it, and `manage.py declare_topology` declares it.
     "DECLARE_TOPOLOGY": env.bool("BROKER_DECLARE_TOPOLOGY", default=True),
+    # /health/ready fails while a committed event has waited longer than this for the relay.
+    "READY_OUTBOX_LAG_SECONDS": env.int("READY_OUTBOX_LAG_SECONDS", default=60),
     # If set, the relay touches this file on every loop: a liveness probe for containers.
     "RELAY_HEARTBEAT_FILE": env.str("RELAY_HEARTBEAT_FILE", default=""),
 }

@@ -5,6 +5,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from health_check.views import HealthCheckView
 from rest_framework.routers import DefaultRouter
 
 from ordering import admin as _third_party_admin  # noqa: F401 (admin choices for third-party models)
@@ -12,6 +13,11 @@ from orders.apis import OrderViewSet
 
 router = DefaultRouter()
 router.register("orders", OrderViewSet, basename="order")
+
+
+def health_live(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers (no dependency: restarting web would not fix one)."""
+    return JsonResponse({"status": "ok"})
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -30,4 +36,12 @@ urlpatterns = [
     path("api/auth/", include("rest_framework.urls")),
     path("admin/", admin.site.urls),
     path("health/", health),
+    path("health/live", health_live, name="health-live"),
+    path(
+        "health/ready",
+        HealthCheckView.as_view(
+            checks=["health_check.checks.Database", "ordering.health.ConsumerQueues", "ordering.health.OutboxPublished"]
+        ),
+        name="health-ready",
+    ),
 ]
