@@ -1,11 +1,9 @@
 """Dead letters: what reaches the DLQ (and what does not), the details kept, and replay."""
 
-import io
 import json
 import uuid
 
 import pytest
-from django.core.management import call_command
 from django.utils import timezone
 
 from billing.models import SimulatedCharge, SimulatedGatewayOutage
@@ -13,6 +11,7 @@ from ordering import catalogue
 from ordering.celery import app
 from ordering.messaging import selectors
 from ordering.messaging.models import DeadLetter
+from tests.commands import command_output
 from tests.conftest import make_order
 from tests.integration.conftest import RETRY_MAX, queue_depth, reconfigured, wait_for_status
 from tests.processes import wait_until
@@ -32,9 +31,7 @@ def dead_letter(task_id: str, timeout: float = 30) -> DeadLetter:
 
 
 def replay(*args: str) -> str:
-    out = io.StringIO()
-    call_command("replay_dead_letters", *args, stdout=out)
-    return out.getvalue()
+    return command_output("replay_dead_letters", *args)
 
 
 def send_poison(envelope: object) -> str:

@@ -1,12 +1,10 @@
 """replay_dead_letters against real RabbitMQ queues (no workers consume while these run)."""
 
-import io
 import json
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
@@ -15,6 +13,7 @@ from kombu import Producer
 from ordering import catalogue
 from ordering.messaging import replay as replay_module
 from ordering.messaging.replay import REPLAY_COUNT_HEADER
+from tests.commands import command_output
 from tests.messaging.conftest import drain
 
 pytestmark = pytest.mark.django_db
@@ -62,9 +61,7 @@ def put_dead_letter(
 
 
 def replay(*args: str) -> str:
-    out = io.StringIO()
-    call_command("replay_dead_letters", *args, stdout=out)
-    return out.getvalue()
+    return command_output("replay_dead_letters", *args)
 
 
 def test_replay_returns_message_to_its_queue_intact(broker):

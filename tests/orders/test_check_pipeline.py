@@ -13,15 +13,14 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from ordering.messaging.models import OutboxEvent
+from tests.commands import command_output
 from tests.conftest import make_order
 
 pytestmark = pytest.mark.django_db
 
 
 def check(*args: str) -> str:
-    out = io.StringIO()
-    call_command("check_pipeline", *args, stdout=out)
-    return out.getvalue()
+    return command_output("check_pipeline", *args)
 
 
 def test_healthy_pipeline_passes(user):

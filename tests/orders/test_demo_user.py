@@ -1,18 +1,15 @@
 """`make demo-user`: what a first-time user copies from it must work as printed."""
 
-import io
-
 import pytest
-from django.core.management import call_command
 from rest_framework.authtoken.models import Token
+
+from tests.commands import command_output
 
 pytestmark = pytest.mark.django_db
 
 
 def demo_user(*args: str) -> str:
-    out = io.StringIO()
-    call_command("create_demo_user", *args, stdout=out)
-    return out.getvalue()
+    return command_output("create_demo_user", *args)
 
 
 def test_the_example_uses_the_port_web_runs_on(monkeypatch):

@@ -1,13 +1,11 @@
 """Idempotency-Key on POST /api/orders/: replays, mismatches, keys in flight, expiry, and races."""
 
-import io
 import threading
 import uuid
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.db import OperationalError, connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -17,6 +15,7 @@ from ordering.idempotency.models import IdempotencyKey
 from ordering.messaging.models import OutboxEvent
 from orders import apis
 from orders.models import Order
+from tests.commands import command_output
 
 pytestmark = pytest.mark.django_db
 
@@ -92,9 +91,7 @@ def test_an_expired_key_runs_again_and_purge_removes_expired_keys(api_client, us
 
     assert post(api_client, "stale").status_code == 201
     IdempotencyKey.objects.filter(key="stale").update(expires_at=timezone.now() - timedelta(seconds=1))
-    out = io.StringIO()
-    call_command("purge_idempotency_keys", stdout=out)
-    assert out.getvalue().strip() == "purged 1 expired idempotency keys"
+    assert command_output("purge_idempotency_keys").strip() == "purged 1 expired idempotency keys"
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["old"]
 
 
