@@ -6,11 +6,9 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /app
-COPY requirements.txt .
-# Runtime packages only: requirements.txt ends with a "# Tests and tooling" section (pytest, ruff,
-# matplotlib...) that has no business in a production image.
-RUN sed '/^# Tests and tooling/,$d' requirements.txt > /tmp/runtime.txt \
-    && pip install -r /tmp/runtime.txt && rm /tmp/runtime.txt
+COPY requirements/runtime.txt requirements/runtime.txt
+# Runtime packages only (no pytest, ruff, selenium...), each checked against the lock's hashes.
+RUN pip install --require-hashes -r requirements/runtime.txt
 
 COPY . .
 RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v 0

@@ -9,7 +9,7 @@ PORT ?= 8000
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordering
 export CELERY_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: help venv db run demo-user flower test lint chaos chaos-long bench clean
+.PHONY: help venv lock db run demo-user flower test lint chaos chaos-long bench clean
 
 help:
 	@echo "make run         start the whole system (web :$(PORT), relay, workers) in the foreground"
@@ -20,9 +20,10 @@ help:
 	@echo "make chaos-long  the long fault-injection run (>= 10,000 orders, >= 20 faults)"
 	@echo "make bench       throughput and latency numbers of the pipeline"
 	@echo "make lint        ruff"
+	@echo "make lock        re-resolve requirements/*.in into the hashed requirements/*.txt"
 	@echo "make clean       remove the virtualenv, collected static files and caches"
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt requirements/runtime.txt requirements/dev.txt
 	@test -n "$(PYTHON)" || { scripts/find-python.sh; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -30,6 +31,12 @@ $(BIN)/.installed: requirements.txt
 	@touch $@
 
 venv: $(BIN)/.installed
+
+# The lock files pin every package with its hashes (pip then checks each download). The lock is
+# universal (markers for every platform and Python >= 3.12), so one lock serves every machine.
+lock: venv
+	cd requirements && ../$(BIN)/uv pip compile runtime.in --universal --python-version 3.12 --generate-hashes --no-header -q -o runtime.txt
+	cd requirements && ../$(BIN)/uv pip compile dev.in --universal --python-version 3.12 --generate-hashes --no-header -q -o dev.txt
 
 db: venv
 	$(BIN)/python scripts/ensure_database.py
