@@ -9,10 +9,13 @@ import pytest
 from django.db import transaction
 from prometheus_client import REGISTRY
 
+from ordering import catalogue
 from ordering.messaging import metrics as messaging_metrics
+from ordering.messaging.models import OutboxEvent
 from ordering.metrics import dead_processes_mark, metrics_view, multiprocess_dir_prepare, process_mark_dead
 from orders.metrics import ORDERS_CREATED
 from tests.conftest import make_order
+from tests.consumers import deliver
 
 
 def sample(name: str, **labels: str) -> float:
@@ -114,3 +117,18 @@ def test_metrics_view_serves_the_scrape_time_gauges(rf):
     text = response.content.decode()
     assert "ordering_outbox_backlog 0.0" in text
     assert 'ordering_orders_stuck{state="pending"} 0.0' in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_consumer_outcomes_tell_handled_from_duplicate(user):
+    task = catalogue.BILLING_HANDLE_ORDER_CREATED
+    before = {
+        outcome: sample("ordering_consumer_messages_total", task=task, outcome=outcome)
+        for outcome in ("handled", "duplicate")
+    }
+    order = make_order(user)
+    envelope = OutboxEvent.objects.get(aggregate_id=order.id, event_type=catalogue.ORDER_CREATED).envelope()
+    deliver(task, envelope, envelope)  # a copy in the same batch
+    deliver(task, envelope)  # a redelivery
+    assert sample("ordering_consumer_messages_total", task=task, outcome="handled") == before["handled"] + 1
+    assert sample("ordering_consumer_messages_total", task=task, outcome="duplicate") == before["duplicate"] + 2
