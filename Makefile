@@ -8,6 +8,12 @@ PYTHON ?= $(shell scripts/find-python.sh)
 PORT ?= 8000
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ordering
 export CELERY_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
+# make run: each process group gets its own Prometheus multiprocess directory here (emptied when
+# it starts), and the relay and workers an exporter port (web serves /metrics on $(PORT)).
+METRICS_DIR ?= $(CURDIR)/tmp/metrics
+BILLING_METRICS_PORT ?= 9101
+ORDERS_METRICS_PORT ?= 9102
+RELAY_METRICS_PORT ?= 9103
 
 .PHONY: help venv lock db run demo-user flower test lint chaos chaos-long bench clean
 
@@ -48,8 +54,16 @@ run: db
 	$(BIN)/python manage.py declare_topology
 	@# Where things are, printed once web answers (below the start-up banners, not above them).
 	@$(BIN)/python scripts/announce.py $(PORT) &
+	@# The Procfile's commands, each with its metrics environment (prometheus_client reads it at import).
+	@mkdir -p tmp
+	sed -e 's|^web: |web: PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR)/web |' \
+	    -e 's|^relay: |relay: PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR)/relay METRICS_PORT=$(RELAY_METRICS_PORT) |' \
+	    -e 's|^billing: |billing: PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR)/billing METRICS_PORT=$(BILLING_METRICS_PORT) |' \
+	    -e 's|^orders: |orders: PROMETHEUS_MULTIPROC_DIR=$(METRICS_DIR)/orders METRICS_PORT=$(ORDERS_METRICS_PORT) |' \
+	    Procfile > tmp/Procfile.run
 	@# Ctrl-C ends honcho with 130: that is how this target is meant to stop, not an error.
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --port $(PORT) || test $$? -eq 130
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --procfile tmp/Procfile.run --app-root $(CURDIR) start --port $(PORT) \
+	    || test $$? -eq 130
 
 demo-user: export DEBUG ?= true
 demo-user: export PORT := $(PORT)

@@ -24,3 +24,19 @@ threads = int(os.environ.get("WEB_THREADS", "8"))
 # ~/.gunicorn/gunicorn.ctl), so two instances on one host (make run next to a test run, the chaos
 # run, the benchmark's ceilings) delete each other's socket. Nothing here uses gunicornc.
 control_socket_disable = True
+
+
+# Prometheus multiprocess mode (ordering/metrics.py): every worker writes its samples to
+# PROMETHEUS_MULTIPROC_DIR, which the launcher sets; any worker's /metrics adds them all up.
+def on_starting(server) -> None:
+    # In the master, before any worker imports the application: a run starts from zero.
+    from ordering.metrics import multiprocess_dir_prepare
+
+    multiprocess_dir_prepare()
+
+
+def child_exit(server, worker) -> None:
+    # A worker that exited (or was killed: the master reaps it) no longer counts in live gauges.
+    from ordering.metrics import process_mark_dead
+
+    process_mark_dead(worker.pid)

@@ -59,22 +59,26 @@ class Consumer(consumer.Consumer):
     # hold personal data, or be huge). Celery acks (drops) an undecodable one and logs bodies.
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
-        self._reject_unreadable(message, f"cannot be decoded ({type(exc).__name__}: {exc})")
+        self._reject_unreadable(message, f"cannot be decoded ({type(exc).__name__}: {exc})", type(exc).__name__)
 
     def on_unknown_message(self, body: Any, message: Message) -> None:
-        self._reject_unreadable(message, "is not a task message")
+        self._reject_unreadable(message, "is not a task message", "UnknownMessage")
         signals.task_rejected.send(sender=self, message=message, exc=None)
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
-        self._reject_unreadable(message, f"is not a valid task message ({type(exc).__name__}: {exc})")
+        self._reject_unreadable(
+            message, f"is not a valid task message ({type(exc).__name__}: {exc})", type(exc).__name__
+        )
         signals.task_rejected.send(sender=self, message=message, exc=exc)
 
     def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
         headers = message.headers or {}
-        self._reject_unreadable(message, f"names a task this worker does not know ({headers.get('task')!r})")
+        self._reject_unreadable(
+            message, f"names a task this worker does not know ({headers.get('task')!r})", type(exc).__name__
+        )
         signals.task_unknown.send(sender=self, message=message, exc=exc, name=headers.get("task"), id=headers.get("id"))
 
-    def _reject_unreadable(self, message: Message, problem: str) -> None:
+    def _reject_unreadable(self, message: Message, problem: str, exception: str) -> None:
         info = message.delivery_info or {}
         logger.error(
             "message %s on %s %s: rejected to its dead-letter queue (content type %r, %d bytes; body not logged)",
@@ -85,6 +89,12 @@ class Consumer(consumer.Consumer):
             len(message.body or b""),
         )
         message.reject_log_error(logger, self.connection_errors, requeue=False)
+        from ordering import catalogue
+        from ordering.messaging.metrics import dead_letter_count
+
+        # The queue label stays bounded: a routing key that is not a consumer queue counts as "other".
+        queue = info.get("routing_key")
+        dead_letter_count(queue=queue if queue in catalogue.CONSUMER_QUEUES else "other", exception=exception)
 
 
 def reconnecting_quickly(conn: Connection) -> Connection:
@@ -98,6 +108,25 @@ def reconnecting_quickly(conn: Connection) -> Connection:
         interval_max=settings.MESSAGING["BROKER_RECONNECT_MAX_SECONDS"],
     )
     return conn
+
+
+@signals.worker_init.connect
+def _metrics_at_worker_start(**kwargs: Any) -> None:
+    # In the main process, before the pool starts: pool processes write their samples to the
+    # emptied directory, and the main process serves them all on METRICS_PORT.
+    from ordering.metrics import exporter_start, multiprocess_dir_prepare
+
+    multiprocess_dir_prepare()
+    exporter_start(multiprocess=True)
+
+
+@signals.worker_process_shutdown.connect
+def _metrics_pool_process_exits(pid: int, **kwargs: Any) -> None:
+    # In the exiting pool process. One that is killed cannot say so: the exporter marks it dead
+    # at the next scrape (ordering/metrics.py, dead_processes_mark).
+    from ordering.metrics import process_mark_dead
+
+    process_mark_dead(pid)
 
 
 app.steps["consumer"].add(DeclareTopology)

@@ -351,6 +351,26 @@ MESSAGING = {
     "RELAY_HEARTBEAT_FILE": env.str("RELAY_HEARTBEAT_FILE", default=""),
 }
 
+# --- Metrics (Prometheus) ----------------------------------------------------------------------
+# PROMETHEUS_MULTIPROC_DIR, METRICS_PORT, METRICS_ADDRESS, METRICS_STUCK_ORDER_SECONDS.
+# PROMETHEUS_MULTIPROC_DIR is read by prometheus_client itself, when it is imported: the launcher
+# sets it (Procfile, docker-compose.yml), one directory per process group (web, the relay, each
+# worker), emptied when the group starts (ordering/metrics.py). Unset, a process keeps its samples
+# in memory (fine for one process, wrong for gunicorn's workers or Celery's pool processes).
+# Web serves GET /metrics; a worker's main process and the relay serve theirs on METRICS_PORT (0:
+# no exporter), on METRICS_ADDRESS (in a container 0.0.0.0, published on 127.0.0.1 only).
+METRICS = {
+    "PORT": env.int("METRICS_PORT", default=0),
+    "ADDRESS": env.str("METRICS_ADDRESS", default="127.0.0.1"),
+    # Read from the database at scrape time, by web's /metrics only (so counted once, not per
+    # process): outbox backlog and oldest event's age, stuck orders.
+    "SCRAPE_COLLECTORS": ["ordering.messaging.metrics.OutboxCollector", "orders.metrics.StuckOrdersCollector"],
+    # An order PENDING longer than this counts as stuck (check_pipeline's default too).
+    "STUCK_ORDER_SECONDS": env.int("METRICS_STUCK_ORDER_SECONDS", default=300),
+}
+# Prometheus scrapes web directly over plain HTTP, never through the public proxy.
+SECURE_REDIRECT_EXEMPT += [r"^metrics$"]
+
 # --- Domain ------------------------------------------------------------------------------------
 ORDER_DEFAULT_CURRENCY = env.str("ORDER_DEFAULT_CURRENCY", default="EUR")
 ORDER_CURRENCIES = env.list("ORDER_CURRENCIES", default=["EUR", "USD", "GBP"])

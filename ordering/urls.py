@@ -1,4 +1,4 @@
-"""URL map: the API, its schema and docs, the admin, and a health check."""
+"""URL map: the API, its schema and docs, the admin, health checks and metrics."""
 
 from django.contrib import admin
 from django.db import connection
@@ -9,6 +9,7 @@ from health_check.views import HealthCheckView
 from rest_framework.routers import DefaultRouter
 
 from ordering import admin as _third_party_admin  # noqa: F401 (admin choices for third-party models)
+from ordering.metrics import metrics_view
 from orders.apis import OrderViewSet
 
 router = DefaultRouter()
@@ -44,4 +45,6 @@ urlpatterns = [
         ),
         name="health-ready",
     ),
+    # For Prometheus on the internal network only: the public proxy refuses it (deploy/nginx.conf).
+    path("metrics", metrics_view, name="metrics"),
 ]

@@ -12,6 +12,7 @@ from django_fsm import TransitionNotAllowed
 
 from ordering.messaging.context import current_correlation_id
 from ordering.messaging.errors import PermanentError
+from orders import metrics
 from orders.models import Order
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def order_create(
     # key), whoever the caller; checking a third time costs more than the insert.
     order.stage_created()
     order.save()
+    metrics.order_count_created(order=order)
     # Ids only: a log line carries no personal data (the buyer stays in the database).
     logger.info("order %s created by user %s: %s %s", order.id, owner.pk, order.amount, currency)
     return order
@@ -129,6 +131,7 @@ def _transition(order_id: str, target: str, move: Callable[[Order], None], fraud
         order.record_fraud_decision(decision=fraud.decision, score=fraud.score, reasons=fraud.reasons)
         fields += FRAUD_FIELDS
     order.save(update_fields=fields)
+    metrics.order_count_terminal(order=order)
     logger.info("order %s: %s", order.id, order.status)
 
 
@@ -149,6 +152,6 @@ def _order_for_update(order_id: str) -> Order:
     return Order.from_db(connection.alias, _LOCKED_FIELDS, row)
 
 
-# Columns in the model's field order, as Model.from_db() takes them.
-_LOCKED_FIELDS = ["id", "quantity", "price", "currency", "status"]
+# Columns in the model's field order, as Model.from_db() takes them (created_at: the latency metric).
+_LOCKED_FIELDS = ["id", "quantity", "price", "currency", "status", "created_at"]
 _LOCK_ORDER_SQL = f"SELECT {', '.join(_LOCKED_FIELDS)} FROM {Order._meta.db_table} WHERE id = %s FOR UPDATE"

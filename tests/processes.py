@@ -2,12 +2,14 @@
 
 Each process writes its output to a log file; `wait_for_log` watches it for readiness. Processes
 can be killed with any signal (a pool child, a worker main process, the relay, a web worker) and
-started again, as a supervisor would.
+started again, as a supervisor would. Each is a process group of its own for Prometheus: its own
+multiprocess directory, and the relay and workers an exporter port (`metrics_port`).
 """
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +49,7 @@ class ManagedProcess:
     ready_marker: str
     popen: subprocess.Popen | None = None
     log_offset: int = 0
+    metrics_port: int | None = None
 
     @property
     def pid(self) -> int:
@@ -123,19 +126,26 @@ class ProcessGroup:
     log_dir: Path
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
-    def add(self, name: str, command: list[str], ready_marker: str, **env: str) -> ManagedProcess:
+    def add(
+        self, name: str, command: list[str], ready_marker: str, *, exporter: bool = False, **env: str
+    ) -> ManagedProcess:
+        """`exporter`: the process serves its metrics on a port of its own (METRICS_PORT)."""
+        metrics_port = free_port() if exporter else None
+        metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(self.log_dir / "metrics" / name)}
+        if metrics_port is not None:
+            metrics_env["METRICS_PORT"] = str(metrics_port)
         process = ManagedProcess(
-            name=name, command=command, env={**self.env, **env},
-            log_path=self.log_dir / f"{name}.log", ready_marker=ready_marker,
+            name=name, command=command, env={**self.env, **metrics_env, **env},
+            log_path=self.log_dir / f"{name}.log", ready_marker=ready_marker, metrics_port=metrics_port,
         )  # fmt: skip
         self.processes[name] = process
         return process
 
     def add_worker(self, name: str, queue: str, concurrency: int = 2, **env: str) -> ManagedProcess:
-        return self.add(name, worker_command(queue, f"{name}@%h", concurrency), "ready.", **env)
+        return self.add(name, worker_command(queue, f"{name}@%h", concurrency), "ready.", exporter=True, **env)
 
     def add_relay(self, name: str = "relay", **env: str) -> ManagedProcess:
-        return self.add(name, RELAY_COMMAND, "relay: started", **env)
+        return self.add(name, RELAY_COMMAND, "relay: started", exporter=True, **env)
 
     def add_web(self, name: str, port: int, workers: int = 2, **env: str) -> ManagedProcess:
         return self.add(name, web_command(port, workers), "Booting worker", **env)
@@ -155,6 +165,13 @@ class ProcessGroup:
     def stop_all(self) -> None:
         for process in self.processes.values():
             process.stop()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1, message: str = "") -> None:

@@ -48,6 +48,7 @@ from celery import Celery
 from celery.utils.time import maybe_iso8601
 from django.conf import settings
 
+from ordering.messaging import metrics
 from ordering.messaging.consumer import LOG_RECEIVED, Delivery, EventConsumerTask, Outcome, consume
 
 logger = logging.getLogger(__name__)
@@ -264,7 +265,11 @@ def run_batch(deliveries: list[Delivery]) -> list[str]:
     with time_limits(soft=soft, hard=hard, size=len(deliveries)):
         for name, indexes in by_task.items():
             task = app.tasks[name]
-            for index, outcome in zip(indexes, consume(task, [deliveries[i] for i in indexes]), strict=True):
+            started = time.monotonic()
+            with metrics.consumer_batches_in_progress(task=name).track_inprogress():
+                task_outcomes = consume(task, [deliveries[i] for i in indexes])
+            metrics.consumer_batch_observe(task=name, seconds=time.monotonic() - started)
+            for index, outcome in zip(indexes, task_outcomes, strict=True):
                 outcomes[index] = str(outcome)
     return outcomes
 

@@ -43,6 +43,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 
 from ordering import catalogue
+from ordering.messaging import metrics
 from ordering.messaging.context import handling_event
 from ordering.messaging.envelope import DomainEvent, Envelope
 from ordering.messaging.errors import MalformedEnvelope, TransientError, UnknownEventVersion
@@ -124,10 +125,13 @@ class EventBatch:
     def __init__(self, consumer: str, envelopes: list[Envelope]) -> None:
         self.consumer = consumer
         self.envelopes = envelopes
+        self.duplicates = 0  # envelopes claim() found in the inbox already
 
     def claim(self, envelopes: list[Envelope]) -> list[Envelope]:
         """Record `envelopes` in the inbox, in the caller's transaction; returns those not seen before."""
-        return inbox_claim(consumer=self.consumer, envelopes=envelopes)
+        claimed = inbox_claim(consumer=self.consumer, envelopes=envelopes)
+        self.duplicates += len(envelopes) - len(claimed)
+        return claimed
 
     def each[E: DomainEvent](self, envelopes: list[Envelope], event_class: type[E]) -> Iterator[tuple[Envelope, E]]:
         """Each envelope with its payload, inside its event's context.
@@ -245,9 +249,10 @@ def consume(task: EventConsumerTask, deliveries: list[Delivery]) -> list[Outcome
             outcomes[index] = _fail(task, delivery, exc, _envelope_dict(delivery))
     if parsed:
         try:
-            _handle_reconnecting(task, [item for _, item in parsed])
+            duplicates = _handle_reconnecting(task, [item for _, item in parsed])
             for index, _ in parsed:
                 outcomes[index] = Outcome.ACK
+            _count_handled(task, len(parsed), duplicates)
         except SoftTimeLimitExceeded as exc:
             # The batch as a whole ran out of time: one by one would take longer still.
             for index, item in parsed:
@@ -263,7 +268,7 @@ def consume(task: EventConsumerTask, deliveries: list[Delivery]) -> list[Outcome
     return [outcome or Outcome.REJECT for outcome in outcomes]
 
 
-def _handle_reconnecting(task: EventConsumerTask, items: list[_Parsed]) -> None:
+def _handle_reconnecting(task: EventConsumerTask, items: list[_Parsed]) -> int:
     """`_handle`, and once more at once after a database error.
 
     A connection that a database restart broke since the last batch fails the batch's first
@@ -274,21 +279,28 @@ def _handle_reconnecting(task: EventConsumerTask, items: list[_Parsed]) -> None:
     redelivery.
     """
     try:
-        _handle(task, items)
+        return _handle(task, items)
     except (OperationalError, InterfaceError) as exc:
         if connection.in_atomic_block:
             raise
         logger.warning("%s: %s: %s; running the batch once more", task.name, type(exc).__name__, exc)
         connection.close()
-        _handle(task, items)
+        return _handle(task, items)
 
 
 def _consume_alone(task: EventConsumerTask, item: _Parsed) -> Outcome:
     try:
-        _handle(task, [item])
+        duplicates = _handle(task, [item])
     except Exception as exc:
         return _retry_or_fail(task, item, exc)
+    _count_handled(task, 1, duplicates)
     return Outcome.ACK
+
+
+def _count_handled(task: EventConsumerTask, acked: int, duplicates: int) -> None:
+    # Counted only once the batch's transaction committed: a run that failed counts nothing.
+    metrics.consumer_messages_count(task=task.name, outcome=metrics.HANDLED, count=acked - duplicates)
+    metrics.consumer_messages_count(task=task.name, outcome=metrics.DUPLICATE, count=duplicates)
 
 
 def _parse(task: EventConsumerTask, kwargs: object, delivery: Delivery | None = None) -> _Parsed:
@@ -301,16 +313,22 @@ def _parse(task: EventConsumerTask, kwargs: object, delivery: Delivery | None = 
     return _Parsed(delivery=delivery, envelope=envelope)
 
 
-def _handle(task: EventConsumerTask, items: list[_Parsed]) -> None:
-    """Run the handler for `items`; raises whatever failed (the transaction is rolled back)."""
+def _handle(task: EventConsumerTask, items: list[_Parsed]) -> int:
+    """Run the handler for `items`; raises whatever failed (the transaction is rolled back).
+
+    Returns how many of them were duplicates (already in the inbox: no effect).
+    """
     envelopes = [item.envelope for item in items]
     if not task.transactional:
-        task.handler(EventBatch(task.name, envelopes))
-        return
+        batch = EventBatch(task.name, envelopes)
+        task.handler(batch)
+        return batch.duplicates
     with transaction.atomic(), outbox_collected():
-        for envelope in inbox_claim(consumer=task.name, envelopes=envelopes):
+        claimed = inbox_claim(consumer=task.name, envelopes=envelopes)
+        for envelope in claimed:
             with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
                 task.handler(envelope)
+    return len(envelopes) - len(claimed)
 
 
 def _retry_or_fail(task: EventConsumerTask, item: _Parsed, exc: BaseException) -> Outcome:
@@ -332,6 +350,7 @@ def _retry_or_fail(task: EventConsumerTask, item: _Parsed, exc: BaseException) -
             task.request_stack.pop()
         logger.info("Task %s[%s] retry: %s", task.name, delivery.task_id, retry)
         _store(task.backend.mark_as_retry, delivery.task_id, exc, request)
+        metrics.consumer_messages_count(task=task.name, outcome=metrics.RETRIED)
         return Outcome.ACK
 
 
@@ -361,6 +380,8 @@ def _fail(
         exc,
     )
     _store(task.backend.mark_as_failure, delivery.task_id, exc, request)
+    metrics.consumer_messages_count(task=task.name, outcome=metrics.DEAD_LETTERED)
+    metrics.dead_letter_count(queue=queue, exception=exc)
     return Outcome.REJECT
 
 

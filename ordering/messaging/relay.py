@@ -34,6 +34,7 @@ from django.db import connection, transaction
 from kombu import Connection
 
 from ordering import catalogue
+from ordering.messaging import metrics
 from ordering.messaging.envelope import Envelope
 from ordering.messaging.models import OutboxEvent
 from ordering.messaging.outbox import NOTIFY_CHANNEL
@@ -146,6 +147,7 @@ class OutboxRelay:
                 self._disconnect()
                 raise
             # Leaving the block commits the mark: only now, after every confirm.
+        metrics.events_published_count(event_types=[envelope.event_type for envelope in envelopes])
         if logger.isEnabledFor(logging.DEBUG):
             for envelope in envelopes:
                 logger.debug("relay: published %s %s", envelope.event_type, envelope.event_id)

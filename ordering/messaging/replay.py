@@ -23,6 +23,7 @@ from kombu import Connection
 from kombu.message import Message
 
 from ordering import catalogue
+from ordering.messaging import metrics
 from ordering.messaging.publisher import ConfirmedPublisher, OutgoingMessage, PublishFailed
 from ordering.messaging.topology import dead_letter_queue, declare_topology
 
@@ -134,6 +135,8 @@ def replay_dead_letters(
         if criteria.limit is not None and len(summary.replayed) >= criteria.limit:
             break
         _replay_queue(connection, queue, criteria, summary, report)
+    if not criteria.dry_run:
+        metrics.replay_count(replayed=len(summary.replayed), skipped=len(summary.skipped), failed=len(summary.failed))
     return summary
 
 

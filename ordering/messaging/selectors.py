@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Q
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
@@ -112,6 +112,20 @@ def dead_letter_envelope(failure: DeadLetter) -> dict | None:
 def outbox_backlog(*, older_than: timedelta) -> int:
     """Events committed more than `older_than` ago and still not published (relay or broker down)."""
     return OutboxEvent.objects.filter(published_at__isnull=True, created_at__lt=timezone.now() - older_than).count()
+
+
+@dataclass(frozen=True)
+class OutboxUnpublished:
+    count: int
+    oldest_age_seconds: float
+
+
+def outbox_unpublished() -> OutboxUnpublished:
+    """Events not yet published, and the age of the oldest (one query, on the unpublished rows' index)."""
+    found = OutboxEvent.objects.filter(published_at__isnull=True).aggregate(count=Count("id"), oldest=Min("created_at"))
+    oldest = found["oldest"]
+    age = max(0.0, (timezone.now() - oldest).total_seconds()) if oldest is not None else 0.0
+    return OutboxUnpublished(count=found["count"], oldest_age_seconds=age)
 
 
 def dead_letters_unresolved() -> list[DeadLetter]:

@@ -8,7 +8,6 @@ the test suite, so whatever the run stops (the RabbitMQ app, a PostgreSQL cluste
 
 import contextlib
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -19,7 +18,7 @@ import psycopg
 import requests
 from psycopg import sql
 
-from tests.processes import ProcessGroup
+from tests.processes import ProcessGroup, free_port  # noqa: F401 (free_port: imported from here too)
 from tests.services import rabbitmq_start_app, rabbitmqctl, reachable
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -200,12 +199,6 @@ WEB_WORKERS = 3
 WORKER_CONCURRENCY = 2
 WORKERS_PER_QUEUE = 2
 RELAYS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_processes(environment: ChaosEnvironment, log_dir: Path, port: int) -> ProcessGroup:

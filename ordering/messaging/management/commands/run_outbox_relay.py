@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand
 
 from ordering.celery import app
 from ordering.messaging.relay import OutboxRelay
+from ordering.metrics import exporter_start, multiprocess_dir_prepare
 
 
 class Command(BaseCommand):
@@ -16,4 +17,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
+        # The relay is a process group of its own: its directory and its exporter (METRICS_PORT).
+        multiprocess_dir_prepare()
+        exporter_start(multiprocess=False)
         OutboxRelay(app).run(stop)
