@@ -24,3 +24,11 @@ threads = int(os.environ.get("WEB_THREADS", "8"))
 # ~/.gunicorn/gunicorn.ctl), so two instances on one host (make run next to a test run, the chaos
 # run, the benchmark's ceilings) delete each other's socket. Nothing here uses gunicornc.
 control_socket_disable = True
+
+# Logging is ordering/settings.py's LOGGING, in the master and the workers alike (the workers load it
+# again with Django): one format (LOG_FORMAT) for every line, and the access line with the request's
+# method, path, status, duration, correlation id and order id as fields (ordering/logging.py). With
+# a logging configuration gunicorn always writes access lines, with or without --access-logfile.
+from ordering.settings import LOGGING  # noqa: E402
+
+logconfig_dict = LOGGING
