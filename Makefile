@@ -50,6 +50,7 @@ db: venv
 	$(BIN)/python manage.py collectstatic --noinput -v 0
 
 run: export DEBUG ?= true
+run: export LOG_FORMAT ?= text
 run: db
 	$(BIN)/python manage.py declare_topology
 	@# Where things are, printed once web answers (below the start-up banners, not above them).

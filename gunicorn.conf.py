@@ -40,3 +40,12 @@ def child_exit(server, worker) -> None:
     from ordering.metrics import process_mark_dead
 
     process_mark_dead(worker.pid)
+
+
+# Logging is ordering/settings.py's LOGGING, in the master and the workers alike (the workers load it
+# again with Django): one format (LOG_FORMAT) for every line, and the access line with the request's
+# method, path, status, duration, correlation id and order id as fields (ordering/logging.py). With
+# a logging configuration gunicorn always writes access lines, with or without --access-logfile.
+from ordering.settings import LOGGING  # noqa: E402
+
+logconfig_dict = LOGGING

@@ -10,6 +10,8 @@ from celery.worker import consumer
 from kombu import Connection
 from kombu.message import Message
 
+from ordering.logging import celery_banner_as_log_line, celery_keeps_django_logging
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ordering.settings")
 
 logger = logging.getLogger(__name__)
@@ -128,6 +130,10 @@ def _metrics_pool_process_exits(pid: int, **kwargs: Any) -> None:
 
     process_mark_dead(pid)
 
+
+# Logging is Django's LOGGING (ordering/settings.py), in the worker as everywhere (ordering/logging.py).
+signals.setup_logging.connect(celery_keeps_django_logging)
+signals.celeryd_after_setup.connect(celery_banner_as_log_line)
 
 app.steps["consumer"].add(DeclareTopology)
 app.autodiscover_tasks()

@@ -243,25 +243,51 @@ REQUEST_ID_RESPONSE_HEADER = "X-Correlation-ID"
 NO_REQUEST_ID = "-"
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# json: one JSON object per line on stdout, for log collectors (production); text: readable lines
+# (`make run`). Every line carries the correlation id, and the event id and order id while a
+# request or event about an order is handled, as fields (ordering/logging.py).
+LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT is json or text, not {LOG_FORMAT!r}")
+# The one logging configuration of every process: Django's, the Celery workers' (ordering/celery.py
+# keeps Celery from adding its own) and gunicorn's (gunicorn.conf.py hands it this dict).
+LOGGING_CONFIG = "ordering.logging.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"correlation_id": {"()": "log_request_id.filters.RequestIDFilter"}},
+    "filters": {
+        "context": {"()": "ordering.logging.ContextFilter"},
+        "access": {"()": "ordering.logging.AccessLogFilter", "correlation_id_header": REQUEST_ID_RESPONSE_HEADER},
+    },
     "formatters": {
-        "line": {
-            "format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s %(message)s",
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",
+        },
+        "text": {
+            "format": "%(asctime)s %(levelname)s [%(correlation_id)s] %(name)s %(message)s",
+            "defaults": {"correlation_id": NO_REQUEST_ID},
         },
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "line",
-            "filters": ["correlation_id"],
+            "stream": "ext://sys.stdout",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # Django's own console handler (DEBUG only) would print its lines a second time.
+        "django": {"handlers": [], "level": LOG_LEVEL},
+        # gunicorn's loggers (which it makes not propagate), through the same handler; access
+        # lines with their values as fields.
+        "gunicorn.error": {"handlers": [], "propagate": True},
+        "gunicorn.access": {"handlers": [], "propagate": True, "filters": ["access"]},
     },
 }
 

@@ -10,7 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django_fsm import TransitionNotAllowed
 
-from ordering.messaging.context import current_correlation_id
+from ordering.messaging.context import concerns_order, current_correlation_id
 from ordering.messaging.errors import PermanentError
 from orders import metrics
 from orders.models import Order
@@ -45,6 +45,7 @@ def order_create(
     order.stage_created()
     order.save()
     metrics.order_count_created(order=order)
+    concerns_order(order.id)
     # Ids only: a log line carries no personal data (the buyer stays in the database).
     logger.info("order %s created by user %s: %s %s", order.id, owner.pk, order.amount, currency)
     return order

@@ -49,7 +49,7 @@ from celery.utils.time import maybe_iso8601
 from django.conf import settings
 
 from ordering.messaging import metrics
-from ordering.messaging.consumer import LOG_RECEIVED, Delivery, EventConsumerTask, Outcome, consume
+from ordering.messaging.consumer import LOG_RECEIVED, LOG_SUCCEEDED, Delivery, EventConsumerTask, Outcome, consume
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Batcher:
             hostname=self.hostname,
         )
         if logger.isEnabledFor(logging.INFO):
-            logger.info(LOG_RECEIVED, task.name, delivery.task_id)
+            logger.info(LOG_RECEIVED, task.name, delivery.task_id, extra=delivery.log_fields())
         self._event("task-received", delivery, name=task.name, retries=delivery.retries)
         waiting = _Waiting(task, message, ack, reject, delivery, time.monotonic())
         eta = _eta(delivery)
@@ -214,9 +214,13 @@ class Batcher:
                 self._event("task-failed", waiting.delivery, exception="failed for good (dead-lettered)")
             else:
                 waiting.ack(logger, self.connection_errors)
-                self._event(
-                    "task-succeeded", waiting.delivery, runtime=round(time.monotonic() - waiting.received_at, 6)
-                )
+                runtime = round(time.monotonic() - waiting.received_at, 6)
+                if outcome == Outcome.ACK and logger.isEnabledFor(logging.INFO):
+                    delivery = waiting.delivery
+                    logger.info(
+                        LOG_SUCCEEDED, delivery.task_name, delivery.task_id, runtime, extra=delivery.log_fields()
+                    )
+                self._event("task-succeeded", waiting.delivery, runtime=runtime)
         self._schedule_flush()
 
     def _lost(self, key: int, batch: list[_Waiting], exc_info: Any) -> None:

@@ -44,7 +44,7 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 
 from ordering import catalogue
 from ordering.messaging import metrics
-from ordering.messaging.context import handling_event
+from ordering.messaging.context import EVENT_HEADERS, handling_event, log_fields_of_headers
 from ordering.messaging.envelope import DomainEvent, Envelope
 from ordering.messaging.errors import MalformedEnvelope, TransientError, UnknownEventVersion
 from ordering.messaging.inbox import inbox_claim
@@ -59,14 +59,17 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     SoftTimeLimitExceeded,
 )
 
-# Celery's own log line for a received task, kept word for word: operators grep for it.
+# Celery's own log lines for a received and a succeeded task, kept word for word: operators grep
+# for them. The batching strategy bypasses Celery's tracer, which would write them.
 LOG_RECEIVED = "Task %s[%s] received"
+LOG_SUCCEEDED = "Task %s[%s] succeeded in %ss: None"
 
 
 class Outcome(StrEnum):
     """What the worker does with a message once the machinery is done with it."""
 
-    ACK = "ack"  # handled, a duplicate, or retried (the retry is a new message): done
+    ACK = "ack"  # handled, or a duplicate: done
+    RETRY = "retry"  # acked too: the retry is a new message
     REJECT = "reject"  # failed for good: RabbitMQ dead-letters it
 
 
@@ -92,6 +95,10 @@ class Delivery:
     def retries(self) -> int:
         return self.headers.get("retries") or 0
 
+    def log_fields(self) -> dict[str, Any]:
+        """The fields of this message's log lines: task, task id, and its event's ids (from the headers)."""
+        return {"task": self.task_name, "task_id": self.task_id, **log_fields_of_headers(self.headers)}
+
     def payload(self) -> tuple[tuple, dict, dict]:
         """(args, kwargs, embed) of Celery's message protocol 2."""
         args, kwargs, embed = json.loads(self.body)
@@ -111,6 +118,8 @@ class Delivery:
             properties=self.properties,
             reply_to=self.properties.get("reply_to"),
             correlation_id=self.properties.get("correlation_id"),
+            # A retry is a new message: it names its event in its headers too.
+            headers={name: self.headers[name] for name in EVENT_HEADERS.values() if name in self.headers},
             hostname=self.hostname,
             delivery_info=self.delivery_info,
             is_eager=False,
@@ -140,7 +149,7 @@ class EventBatch:
         name it as their cause.
         """
         for envelope in envelopes:
-            with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
+            with handling_event(envelope):
                 yield envelope, envelope.event(event_class)
 
 
@@ -326,7 +335,7 @@ def _handle(task: EventConsumerTask, items: list[_Parsed]) -> int:
     with transaction.atomic(), outbox_collected():
         claimed = inbox_claim(consumer=task.name, envelopes=envelopes)
         for envelope in claimed:
-            with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
+            with handling_event(envelope):
                 task.handler(envelope)
     return len(envelopes) - len(claimed)
 
@@ -335,10 +344,10 @@ def _retry_or_fail(task: EventConsumerTask, item: _Parsed, exc: BaseException) -
     delivery, envelope = item.delivery, item.envelope
     if delivery is None:  # called directly: the caller sees the exception
         raise exc
-    with handling_event(event_id=envelope.event_id, correlation_id=envelope.correlation_id):
+    with handling_event(envelope):
         if not isinstance(exc, TRANSIENT_ERRORS):
             return _fail(task, delivery, exc, envelope.to_wire())
-        logger.warning("%s: %s: %s", task.name, type(exc).__name__, exc)
+        logger.warning("%s: %s: %s", task.name, type(exc).__name__, exc, extra=delivery.log_fields())
         request = delivery.request(meta=_meta(task, delivery, envelope.to_wire()))
         task.request_stack.push(request)
         try:
@@ -348,10 +357,10 @@ def _retry_or_fail(task: EventConsumerTask, item: _Parsed, exc: BaseException) -
             return _fail(task, delivery, final, envelope.to_wire(), request=request)
         finally:
             task.request_stack.pop()
-        logger.info("Task %s[%s] retry: %s", task.name, delivery.task_id, retry)
+        logger.info("Task %s[%s] retry: %s", task.name, delivery.task_id, retry, extra=delivery.log_fields())
         _store(task.backend.mark_as_retry, delivery.task_id, exc, request)
         metrics.consumer_messages_count(task=task.name, outcome=metrics.RETRIED)
-        return Outcome.ACK
+        return Outcome.RETRY
 
 
 def _fail(
@@ -365,8 +374,15 @@ def _fail(
     if isinstance(exc, Retry) and exc.exc is not None:
         exc = exc.exc
     request = request or delivery.request(meta=_meta(task, delivery, envelope))
+    fields = {**delivery.log_fields(), **_envelope_log_fields(envelope)}
     logger.error(
-        "Task %s[%s] failed for good: %s: %s", task.name, delivery.task_id, type(exc).__name__, exc, exc_info=exc
+        "Task %s[%s] failed for good: %s: %s",
+        task.name,
+        delivery.task_id,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+        extra=fields,
     )
     # The line an operator searches for: which order, where its message went, why.
     queue = catalogue.queue_of_task(task.name)
@@ -378,6 +394,7 @@ def _fail(
         delivery.retries + 1,
         type(exc).__name__,
         exc,
+        extra=fields,
     )
     _store(task.backend.mark_as_failure, delivery.task_id, exc, request)
     metrics.consumer_messages_count(task=task.name, outcome=metrics.DEAD_LETTERED)
@@ -404,6 +421,16 @@ def _meta(task: EventConsumerTask, delivery: Delivery, envelope: dict[str, Any] 
         "queue": catalogue.queue_of_task(task.name),
         "retries": delivery.retries,
         "envelope": envelope,
+    }
+
+
+def _envelope_log_fields(envelope: dict[str, Any] | None) -> dict[str, str]:
+    # The envelope's own word, also for a message whose headers do not name its event (not sent
+    # by the relay). It may be anything: strings only, cut short.
+    return {
+        field: value[:100]
+        for field, name in EVENT_HEADERS.items()
+        if isinstance(value := (envelope or {}).get(name), str) and value
     }
 
 

@@ -35,6 +35,7 @@ from kombu import Connection
 
 from ordering import catalogue
 from ordering.messaging import metrics
+from ordering.messaging.context import event_headers, log_fields_of_headers
 from ordering.messaging.envelope import Envelope
 from ordering.messaging.models import OutboxEvent
 from ordering.messaging.outbox import NOTIFY_CHANNEL
@@ -98,7 +99,7 @@ def task_message(app: Celery, envelope: Envelope, task_name: str, queue: str) ->
         exchange=catalogue.EVENTS_EXCHANGE,
         routing_key=queue,
         body=json.dumps(message.body, separators=(",", ":")).encode(),
-        headers={**message.headers, "event_id": str(envelope.event_id), "event_type": envelope.event_type},
+        headers={**message.headers, **event_headers(envelope)},
         properties={
             **message.properties,
             "content_type": "application/json",
@@ -148,9 +149,15 @@ class OutboxRelay:
                 raise
             # Leaving the block commits the mark: only now, after every confirm.
         metrics.events_published_count(event_types=[envelope.event_type for envelope in envelopes])
-        if logger.isEnabledFor(logging.DEBUG):
-            for envelope in envelopes:
-                logger.debug("relay: published %s %s", envelope.event_type, envelope.event_id)
+        # One line per batch, not per event (a batch holds every event committed meanwhile, up to
+        # RELAY_BATCH_SIZE): each event's ids are in its `events` field, where an order is found.
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "relay: published %d events of orders %s",
+                len(envelopes),
+                " ".join(envelope.aggregate_id for envelope in envelopes),
+                extra={"events": [log_fields_of_headers(event_headers(envelope)) for envelope in envelopes]},
+            )
         return len(envelopes)
 
     def connect(self) -> None:

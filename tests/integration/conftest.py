@@ -15,6 +15,7 @@ from tests.processes import ManagedProcess, ProcessGroup, wait_until
 # Short retry budget so the dead-letter paths run in seconds: 3 retries, 1 s then 2 s (jittered).
 WORKER_ENV = {
     "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "json",
     "CONSUMER_RETRY_MAX": "3",
     "CONSUMER_RETRY_BACKOFF_SECONDS": "1",
     "CONSUMER_RETRY_BACKOFF_MAX_SECONDS": "2",
