@@ -30,6 +30,8 @@ DEAD_LETTER_EXCHANGE = "ordering.dlx"
 BILLING_QUEUE = "billing.events"
 ORDERS_QUEUE = "orders.events"
 CONSUMER_QUEUES = (BILLING_QUEUE, ORDERS_QUEUE)
+# The periodic jobs Celery beat sends (watchdog, retention): no event consumers, no dead-letter queue.
+MAINTENANCE_QUEUE = "ordering.maintenance"
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -74,3 +76,10 @@ def queue_of_task(task_name: str) -> str:
         if subscription.task_name == task_name:
             return subscription.queue
     raise KeyError(f"no subscription for task {task_name!r}")
+
+
+# --- Periodic tasks (Celery beat), on MAINTENANCE_QUEUE --------------------------------------------
+ORDERS_REDRIVE_STUCK_ORDERS = "orders.redrive_stuck_orders"
+MESSAGING_PURGE_EXPIRED = "messaging.purge_expired"
+IDEMPOTENCY_PURGE_EXPIRED_KEYS = "idempotency.purge_expired_keys"
+MAINTENANCE_TASKS = (ORDERS_REDRIVE_STUCK_ORDERS, MESSAGING_PURGE_EXPIRED, IDEMPOTENCY_PURGE_EXPIRED_KEYS)

@@ -3,6 +3,7 @@
 import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps, signals
@@ -110,6 +111,16 @@ def reconnecting_quickly(conn: Connection) -> Connection:
         interval_max=settings.MESSAGING["BROKER_RECONNECT_MAX_SECONDS"],
     )
     return conn
+
+
+def maintenance_task(name: str) -> Callable[[Callable[[], object]], Any]:
+    """A periodic job beat sends to the maintenance queue (catalogue.MAINTENANCE_TASKS).
+
+    No result and no failure record: a failure is logged, the message is dropped (the queue has no
+    dead-letter queue) and the next tick runs the job again. A stored failure would be listed
+    among the dead letters, which are events, and stay "unresolved" forever.
+    """
+    return app.task(name=name, ignore_result=True, store_errors_even_if_ignored=False)
 
 
 @signals.worker_init.connect

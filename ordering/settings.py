@@ -3,6 +3,7 @@
 Each section names the variables it reads; README.md lists them all with their defaults.
 """
 
+import tempfile
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -378,7 +379,7 @@ MESSAGING = {
 }
 
 # --- Metrics (Prometheus) ----------------------------------------------------------------------
-# PROMETHEUS_MULTIPROC_DIR, METRICS_PORT, METRICS_ADDRESS, METRICS_STUCK_ORDER_SECONDS.
+# PROMETHEUS_MULTIPROC_DIR, METRICS_PORT, METRICS_ADDRESS.
 # PROMETHEUS_MULTIPROC_DIR is read by prometheus_client itself, when it is imported: the launcher
 # sets it (Procfile, docker-compose.yml), one directory per process group (web, the relay, each
 # worker), emptied when the group starts (ordering/metrics.py). Unset, a process keeps its samples
@@ -389,13 +390,64 @@ METRICS = {
     "PORT": env.int("METRICS_PORT", default=0),
     "ADDRESS": env.str("METRICS_ADDRESS", default="127.0.0.1"),
     # Read from the database at scrape time, by web's /metrics only (so counted once, not per
-    # process): outbox backlog and oldest event's age, stuck orders.
+    # process): outbox backlog and oldest event's age, stuck orders (WATCHDOG below).
     "SCRAPE_COLLECTORS": ["ordering.messaging.metrics.OutboxCollector", "orders.metrics.StuckOrdersCollector"],
-    # An order PENDING longer than this counts as stuck (check_pipeline's default too).
-    "STUCK_ORDER_SECONDS": env.int("METRICS_STUCK_ORDER_SECONDS", default=300),
 }
 # Prometheus scrapes web directly over plain HTTP, never through the public proxy.
 SECURE_REDIRECT_EXEMPT += [r"^metrics$"]
+
+# --- Watchdog, retention and their schedule (Celery beat) --------------------------------------
+# WATCHDOG_STUCK_AFTER_SECONDS, WATCHDOG_IN_FLIGHT_SECONDS, WATCHDOG_INTERVAL_SECONDS,
+# WATCHDOG_MAX_ORDERS, RETENTION_OUTBOX_DAYS, RETENTION_INBOX_DAYS, RETENTION_BATCH_SIZE,
+# RETENTION_MAX_BATCHES, RETENTION_INTERVAL_SECONDS, IDEMPOTENCY_PURGE_INTERVAL_SECONDS, CELERY_BEAT_SCHEDULE_FILENAME.
+WATCHDOG = {
+    # An order PENDING longer than this is stuck: the watchdog, check_pipeline and the stuck-orders
+    # metric look at it.
+    "STUCK_AFTER_SECONDS": env.int("WATCHDOG_STUCK_AFTER_SECONDS", default=300),
+    # An event published, or a task retried, this recently is still on its way (in flight); past
+    # it, an event nobody consumed counts as missing and is re-driven. Longer than the longest
+    # retry backoff (CONSUMER_RETRY_BACKOFF_MAX_SECONDS), so a retry waiting in the broker is not
+    # taken for a loss; a re-drive of a message that was only slow is a duplicate the inbox drops.
+    "IN_FLIGHT_SECONDS": env.int("WATCHDOG_IN_FLIGHT_SECONDS", default=600),
+    # Stuck orders looked at per run, oldest first (the rest wait for the next run).
+    "MAX_ORDERS": env.int("WATCHDOG_MAX_ORDERS", default=500),
+}
+RETENTION = {
+    # Published outbox rows: the relay is done with them; kept a while for the order's history.
+    "OUTBOX_DAYS": env.float("RETENTION_OUTBOX_DAYS", default=7),
+    # Inbox rows (ProcessedEvent): the consumers' memory of what they handled. Must outlast every
+    # copy of a message that can still arrive: replay refuses dead letters older than this. Retry
+    # records and the failure records of dead letters since handled go at the same age, never
+    # after their inbox rows (a failure is "resolved" by its inbox row: without it, it would read
+    # as unresolved again).
+    "INBOX_DAYS": env.float("RETENTION_INBOX_DAYS", default=30),
+    # Rows per DELETE (one short transaction each), and batches per table and run at most.
+    "BATCH_SIZE": env.int("RETENTION_BATCH_SIZE", default=1000),
+    "MAX_BATCHES": env.int("RETENTION_MAX_BATCHES", default=100),
+}
+
+# One beat process sends the periodic jobs to the maintenance queue (ordering/catalogue.py). Only
+# one may run: each beat sends every job on its own schedule, so two would run each job twice.
+# https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
+CELERY_BEAT_SCHEDULE = {
+    "redrive-stuck-orders": {
+        "task": "orders.redrive_stuck_orders",
+        "schedule": env.float("WATCHDOG_INTERVAL_SECONDS", default=60),
+    },
+    "purge-messaging": {
+        "task": "messaging.purge_expired",
+        "schedule": env.float("RETENTION_INTERVAL_SECONDS", default=3600),
+    },
+    "purge-idempotency-keys": {
+        "task": "idempotency.purge_expired_keys",
+        "schedule": env.float("IDEMPOTENCY_PURGE_INTERVAL_SECONDS", default=3600),
+    },
+}
+# Beat's record of the last runs: a temporary file (lost on restart, beat then runs each job once
+# early), never in the source tree or a read-only image.
+CELERY_BEAT_SCHEDULE_FILENAME = env.str(
+    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(Path(tempfile.gettempdir()) / "ordering-celerybeat-schedule")
+)
 
 # --- Domain ------------------------------------------------------------------------------------
 ORDER_DEFAULT_CURRENCY = env.str("ORDER_DEFAULT_CURRENCY", default="EUR")

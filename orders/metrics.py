@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from ordering.metrics import SECONDS_BUCKETS
 from orders.models import Order
-from orders.selectors import order_list_stuck
+from orders.selectors import StuckState, stuck_order_counts
 
 ORDERS_CREATED = Counter(
     "ordering_orders_created",
@@ -55,15 +55,16 @@ def order_count_terminal(*, order: Order) -> None:
 
 
 def _stuck_counts(*, older_than: timedelta) -> dict[str, int]:
-    """Stuck orders by state. Only PENDING ones for now; a selector by classification replaces this."""
-    return {"pending": order_list_stuck(older_than=older_than).count()}
+    """Stuck orders by state, as label values: in_flight, dead_lettered, missing (0 included)."""
+    counts = stuck_order_counts(older_than=older_than)
+    return {state.name.lower(): counts[state.value] for state in StuckState}
 
 
 class StuckOrdersCollector(Collector):
-    """Scrape time, web only: orders stuck longer than METRICS["STUCK_ORDER_SECONDS"], by state."""
+    """Scrape time, web only: orders PENDING longer than WATCHDOG["STUCK_AFTER_SECONDS"], by the watchdog's state."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        older_than = timedelta(seconds=settings.METRICS["STUCK_ORDER_SECONDS"])
+        older_than = timedelta(seconds=settings.WATCHDOG["STUCK_AFTER_SECONDS"])
         family = GaugeMetricFamily(
             "ordering_orders_stuck",
             f"Orders stuck for longer than {older_than.total_seconds():g} s, by state.",

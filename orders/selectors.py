@@ -1,11 +1,18 @@
-"""Order reads: what an API client may see."""
+"""Order reads: what an API client may see; stuck orders and what holds each up."""
 
-from datetime import timedelta
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from ordering import catalogue
+from ordering.messaging.selectors import AggregateDelivery, aggregate_deliveries
 from orders.models import Order, OrderStatus
 
 
@@ -25,3 +32,72 @@ def order_list_visible_to(*, user: AbstractBaseUser) -> QuerySet[Order]:
 def order_list_stuck(*, older_than: timedelta) -> QuerySet[Order]:
     """Orders still PENDING after `older_than`: something upstream needs an operator."""
     return Order.objects.filter(status=OrderStatus.PENDING, created_at__lt=timezone.now() - older_than)
+
+
+class StuckState(StrEnum):
+    """Why an order is still PENDING."""
+
+    # An event of it is on its way: unpublished, published recently, or its task waits for a retry.
+    IN_FLIGHT = "in flight"
+    # A task failed for good on one of its events: the operator replays it (admin, replay_dead_letters).
+    DEAD_LETTERED = "dead-lettered"
+    # Nothing of it is on its way any more: its creation event is not in the outbox, or an event
+    # was published long ago and never handled. The watchdog re-drives it.
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class StuckOrder:
+    order_id: str
+    created_at: datetime
+    state: StuckState
+    # What holds it up, for operators.
+    detail: str
+    # MISSING only: its published events some subscriber never handled, (event id, event type),
+    # which a re-drive publishes again under the same ids; and whether its creation event must
+    # be recorded again (the outbox has none and billing never handled one).
+    unconsumed_events: tuple[tuple[uuid.UUID, str], ...] = ()
+    needs_creation_event: bool = False
+
+
+def order_list_stuck_classified(*, older_than: timedelta, order_ids: Iterable[str] | None = None) -> list[StuckOrder]:
+    """Orders PENDING longer than `older_than`, oldest first (WATCHDOG["MAX_ORDERS"] at most), each classified."""
+    orders = order_list_stuck(older_than=older_than).order_by("created_at").values_list("id", "created_at")
+    if order_ids is not None:
+        orders = orders.filter(pk__in=list(order_ids))
+    pending = [(str(pk), created_at) for pk, created_at in orders[: settings.WATCHDOG["MAX_ORDERS"]]]
+    in_flight_window = timedelta(seconds=settings.WATCHDOG["IN_FLIGHT_SECONDS"])
+    deliveries = aggregate_deliveries(aggregate_ids=[pk for pk, _ in pending], recent=in_flight_window)
+    return [_classified(pk, created_at, deliveries[pk]) for pk, created_at in pending]
+
+
+def stuck_order_counts(*, older_than: timedelta) -> dict[str, int]:
+    """Stuck orders by state (every state, 0 included), e.g. {"in flight": 2, "dead-lettered": 1, "missing": 0}."""
+    counts = dict.fromkeys((state.value for state in StuckState), 0)
+    for stuck in order_list_stuck_classified(older_than=older_than):
+        counts[stuck.state.value] += 1
+    return counts
+
+
+def _classified(order_id: str, created_at: datetime, delivery: AggregateDelivery) -> StuckOrder:
+    def stuck(state: StuckState, detail: str, **redrive: object) -> StuckOrder:
+        return StuckOrder(order_id=order_id, created_at=created_at, state=state, detail=detail, **redrive)
+
+    if delivery.dead_lettered:
+        return stuck(StuckState.DEAD_LETTERED, "an unresolved dead letter")
+    if delivery.unpublished:
+        return stuck(StuckState.IN_FLIGHT, "an event waits for the relay")
+    if delivery.recently_active:
+        return stuck(StuckState.IN_FLIGHT, "an event published or retried recently")
+    if delivery.unconsumed:
+        events = ", ".join(f"{event.event_type} {event.id}" for event in delivery.unconsumed)
+        return stuck(
+            StuckState.MISSING,
+            f"published long ago, never handled: {events}",
+            unconsumed_events=tuple((event.id, event.event_type) for event in delivery.unconsumed),
+        )
+    billed = any(consumer == catalogue.BILLING_HANDLE_ORDER_CREATED for consumer, _ in delivery.consumed)
+    if catalogue.ORDER_CREATED not in delivery.recorded_types and not billed:
+        return stuck(StuckState.MISSING, "no order_created event in the outbox", needs_creation_event=True)
+    # Billing handled it and no outcome is left to deliver: nothing a re-drive could send.
+    return stuck(StuckState.MISSING, "billing handled it and no outcome is left to deliver: needs an operator")

@@ -1,19 +1,25 @@
-"""Order services: create an order, apply the outcomes other apps report about it."""
+"""Order services: create an order, apply the outcomes other apps report about it, re-drive stuck ones."""
 
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
+from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
+from ordering import catalogue
 from ordering.messaging.context import concerns_order, current_correlation_id
 from ordering.messaging.errors import PermanentError
+from ordering.messaging.models import OutboxEvent
+from ordering.messaging.outbox import outbox_republish
 from orders import metrics
 from orders.models import Order
+from orders.selectors import StuckState, order_list_stuck_classified
 
 logger = logging.getLogger(__name__)
 
@@ -156,3 +162,75 @@ def _order_for_update(order_id: str) -> Order:
 # Columns in the model's field order, as Model.from_db() takes them (created_at: the latency metric).
 _LOCKED_FIELDS = ["id", "quantity", "price", "currency", "status", "created_at"]
 _LOCK_ORDER_SQL = f"SELECT {', '.join(_LOCKED_FIELDS)} FROM {Order._meta.db_table} WHERE id = %s FOR UPDATE"
+
+
+@dataclass(frozen=True)
+class Redrive:
+    """One stuck order the watchdog sent on its way again."""
+
+    order_id: str
+    event_type: str
+    event_ids: tuple[uuid.UUID, ...]
+    # Published again under their own ids (True), or the creation event recorded anew (False).
+    republished: bool
+
+
+def order_redrive_missing(*, older_than: timedelta) -> list[Redrive]:
+    """Re-drive every stuck order whose events went missing (StuckState.MISSING); leave the others.
+
+    In flight ones are on their way; dead-lettered ones wait for an operator's replay. Each order
+    is re-driven in its own transaction, locked and classified again first, so two runs at once
+    (two beats by mistake, a manual run) re-drive it once.
+    """
+    redriven = []
+    for stuck in order_list_stuck_classified(older_than=older_than):
+        if stuck.state is StuckState.MISSING:
+            redrive = _order_redrive(order_id=stuck.order_id, older_than=older_than)
+            if redrive is not None:
+                redriven.append(redrive)
+    return redriven
+
+
+@transaction.atomic
+def _order_redrive(*, order_id: str, older_than: timedelta) -> Redrive | None:
+    order = Order.objects.select_for_update().get(pk=order_id)
+    again = order_list_stuck_classified(older_than=older_than, order_ids=[order_id])
+    if not again or again[0].state is not StuckState.MISSING:
+        return None  # no longer stuck, or another run re-drove it meanwhile
+    stuck = again[0]
+    pending_seconds = (timezone.now() - order.created_at).total_seconds()
+    if stuck.unconsumed_events:
+        # Same event ids: a consumer that handled one after all drops the copy (its inbox).
+        event_ids = tuple(event_id for event_id, _ in stuck.unconsumed_events)
+        outbox_republish(list(event_ids))
+        redrive = Redrive(order_id, stuck.unconsumed_events[0][1], event_ids, republished=True)
+    elif stuck.needs_creation_event:
+        # A new event id, and still at most one charge: billing opens one payment per order
+        # (unique order_id, ON CONFLICT) and the gateway charges its key `order-<id>` once
+        # (billing/models.py Payment), whatever the event id of the OrderCreated it handles.
+        order.stage_created()
+        order.save(update_fields=["updated_at"])
+        event_id = (
+            OutboxEvent.objects.filter(aggregate_id=order_id, event_type=catalogue.ORDER_CREATED)
+            .order_by("-created_at")
+            .values_list("id", flat=True)
+            .first()
+        )
+        redrive = Redrive(order_id, catalogue.ORDER_CREATED, (event_id,), republished=False)
+    else:
+        logger.error("order %s: PENDING for %d s, nothing to re-drive: %s", order_id, pending_seconds, stuck.detail)
+        return None
+    logger.warning(
+        "order %s: %s event missing after %d s; re-driven as event %s%s",
+        order_id,
+        _event_name(redrive.event_type),
+        pending_seconds,
+        ", ".join(str(event_id) for event_id in redrive.event_ids),
+        " (published again)" if redrive.republished else "",
+    )
+    return redrive
+
+
+def _event_name(event_type: str) -> str:
+    """'orders.order.created' -> 'order_created', as operators name events."""
+    return "_".join(event_type.split(".")[1:])

@@ -1,4 +1,4 @@
-"""Orders' consumers: apply payment outcomes, and fraud's decision they carry, to the order.
+"""Orders' consumers: apply payment outcomes, and fraud's decision they carry, to the order; the watchdog.
 
 Idempotency key of each: (task name, event id) in the inbox, recorded by the consumer machinery
 in the transaction of the change. Side effect: the order row only.
@@ -8,7 +8,10 @@ their fraud decision arrives by FraudCheckCompleted, whose consumer stays for as
 messages may be queued.
 """
 
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
 
 from billing.events import (
     PaymentBlocked,
@@ -20,6 +23,7 @@ from billing.events import (
 )
 from fraud.events import FraudCheckCompleted
 from ordering import catalogue
+from ordering.celery import maintenance_task
 from ordering.messaging.consumer import event_consumer
 from ordering.messaging.envelope import Envelope
 from ordering.messaging.errors import InvalidPayload
@@ -69,6 +73,13 @@ def handle_fraud_check_completed(envelope: Envelope) -> None:
         order_id=envelope.aggregate_id,
         fraud=FraudOutcome(decision=event.decision, score=event.score, reasons=event.reasons),
     )
+
+
+@maintenance_task(catalogue.ORDERS_REDRIVE_STUCK_ORDERS)
+def redrive_stuck_orders() -> int:
+    """Periodic (beat): re-drive stuck orders whose events went missing; how many were."""
+    stuck_after = timedelta(seconds=settings.WATCHDOG["STUCK_AFTER_SECONDS"])
+    return len(services.order_redrive_missing(older_than=stuck_after))
 
 
 def _approved(event: PaymentCaptured | PaymentDeclined | PaymentCapturedV1 | PaymentDeclinedV1) -> FraudOutcome | None:

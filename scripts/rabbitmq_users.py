@@ -10,13 +10,15 @@ The `migrate` service declares the topology with the `topology` user (the system
 queues only); the relay and the workers run with BROKER_DECLARE_TOPOLOGY=false and only check it
 (a passive declare needs no permission), so:
 - relay: write on ordering.events, nothing else: it publishes, it cannot consume or declare anything.
+  Celery beat runs with this user too: it only publishes the periodic jobs to ordering.events.
 - a worker: read on its own consumer queue (Celery does not declare it either: no_declare); write on it
   and read on celery_delayed_delivery to bind it there, and Celery's native delayed-delivery exchanges
   and queues celery_delayed_* (a retry's countdown waits there; exchange and queue share each name, so
   read on them cannot be narrower); write on ordering.events (a retry goes back through it); the
   remote-control exchanges and queues (pidbox, replies: `celery inspect ping` is its health check) and
   the task-event exchange celeryev (for flower). It cannot read the other consumer queue or any
-  dead-letter queue, nor declare, bind or delete any of the system's exchanges and queues.
+  dead-letter queue, nor declare, bind or delete any of the system's exchanges and queues. The
+  orders worker reads the maintenance queue (ordering.maintenance) too: it runs beat's periodic jobs.
 - flower: task events (celeryev) and remote control only.
 - web has no broker user: it never talks to RabbitMQ.
 Operators run replay_dead_letters with the admin user.
@@ -51,20 +53,28 @@ TOPOLOGY = (
     catalogue.DEAD_LETTER_EXCHANGE,
     *catalogue.CONSUMER_QUEUES,
     *(catalogue.dead_letter_queue(q) for q in catalogue.CONSUMER_QUEUES),
+    catalogue.MAINTENANCE_QUEUE,
 )
 DELAYED = "re:celery_delayed_.*"  # kombu.transport.native_delayed_delivery: celery_delayed_0..27, _delivery
 CONTROL = ("celery.pidbox", "reply.celery.pidbox", r"re:.*\.reply\.celery\.pidbox")  # exchanges, reply queues
 EVENTS = ("celeryev", r"re:celeryev\..*")  # the task-event exchange, flower's event queues
 
 
-def worker(queue: str) -> dict[str, str]:
-    app = queue.split(".", maxsplit=1)[0]
+def worker(*queues: str) -> dict[str, str]:
+    app = queues[0].split(".", maxsplit=1)[0]
     pidbox = rf"re:{re.escape(app)}@.*\.celery\.pidbox"  # the worker's own remote-control queue (--hostname app@%h)
     return {
         "configure": names(DELAYED, *CONTROL, pidbox, EVENTS[0]),
-        "write": names(catalogue.EVENTS_EXCHANGE, queue, DELAYED, *CONTROL, pidbox, EVENTS[0]),
-        "read": names(queue, DELAYED, *CONTROL, pidbox),
+        "write": names(catalogue.EVENTS_EXCHANGE, *queues, DELAYED, *CONTROL, pidbox, EVENTS[0]),
+        "read": names(*queues, DELAYED, *CONTROL, pidbox),
     }
+
+
+# The orders worker also runs the periodic jobs beat sends (Procfile: --queues orders.events,ordering.maintenance).
+WORKER_QUEUES = {
+    catalogue.BILLING_QUEUE: (catalogue.BILLING_QUEUE,),
+    catalogue.ORDERS_QUEUE: (catalogue.ORDERS_QUEUE, catalogue.MAINTENANCE_QUEUE),
+}
 
 
 PERMISSIONS: dict[str, dict[str, str]] = {
@@ -72,7 +82,7 @@ PERMISSIONS: dict[str, dict[str, str]] = {
     # write on its dead-letter exchange; binding, write on the queue and read on the exchange.
     "topology": {"configure": names(*TOPOLOGY), "write": names(*TOPOLOGY), "read": names(*TOPOLOGY)},
     "relay": {"configure": "^$", "write": names(catalogue.EVENTS_EXCHANGE), "read": "^$"},
-    **{queue.split(".", maxsplit=1)[0]: worker(queue) for queue in catalogue.CONSUMER_QUEUES},
+    **{queue.split(".", maxsplit=1)[0]: worker(*WORKER_QUEUES[queue]) for queue in catalogue.CONSUMER_QUEUES},
     "flower": {
         "configure": names(*CONTROL, *EVENTS),
         "write": names(*CONTROL, *EVENTS),

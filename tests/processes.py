@@ -33,6 +33,10 @@ def worker_command(queue: str, hostname: str, concurrency: int = 2) -> list[str]
 RELAY_COMMAND = [sys.executable, "manage.py", "run_outbox_relay"]
 
 
+def beat_command(schedule: Path) -> list[str]:
+    return [str(BIN / "celery"), "-A", "ordering", "beat", "--schedule", str(schedule), "--loglevel", "INFO"]
+
+
 def web_command(port: int, workers: int = 2) -> list[str]:
     return [
         str(BIN / "gunicorn"), "ordering.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
@@ -146,6 +150,9 @@ class ProcessGroup:
 
     def add_relay(self, name: str = "relay", **env: str) -> ManagedProcess:
         return self.add(name, RELAY_COMMAND, "relay: started", exporter=True, **env)
+
+    def add_beat(self, name: str = "beat", **env: str) -> ManagedProcess:
+        return self.add(name, beat_command(self.log_dir / f"{name}-schedule"), "beat: Starting", **env)
 
     def add_web(self, name: str, port: int, workers: int = 2, **env: str) -> ManagedProcess:
         return self.add(name, web_command(port, workers), "Booting worker", **env)

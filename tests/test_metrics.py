@@ -116,7 +116,7 @@ def test_metrics_view_serves_the_scrape_time_gauges(rf):
     assert response.status_code == 200
     text = response.content.decode()
     assert "ordering_outbox_backlog 0.0" in text
-    assert 'ordering_orders_stuck{state="pending"} 0.0' in text
+    assert 'ordering_orders_stuck{state="missing"} 0.0' in text
 
 
 @pytest.mark.django_db(transaction=True)

@@ -156,3 +156,18 @@ def _insert(pending: list[_Pending]) -> None:
     if logger.isEnabledFor(logging.DEBUG):
         for event_id, p in zip(ids, pending, strict=True):
             logger.debug("outbox: recorded %s %s for %s", p.event.event_type, event_id, p.event.aggregate_id)
+
+
+def outbox_republish(event_ids: list[uuid.UUID]) -> int:
+    """Hand published events back to the relay, to be published again under the same event ids.
+
+    For events that reached no consumer (a message lost after the broker confirmed it, a queue
+    purged by hand): every consumer's inbox drops a copy it already handled. Wakes the relay at
+    commit, as an insert does. Returns how many rows were handed back.
+    """
+    if not event_ids:
+        return 0
+    count = OutboxEvent.objects.filter(pk__in=event_ids, published_at__isnull=False).update(published_at=None)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    return count

@@ -16,14 +16,17 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 from kombu import Connection
 from kombu.message import Message
 
 from ordering import catalogue
 from ordering.messaging import metrics
+from ordering.messaging.models import DeadLetter
 from ordering.messaging.publisher import ConfirmedPublisher, OutgoingMessage, PublishFailed
 from ordering.messaging.topology import dead_letter_queue, declare_topology
 
@@ -243,7 +246,13 @@ def _reason_to_skip(letter: DeadLetterMessage, criteria: ReplayCriteria) -> str:
         return "other order"
     if letter.replay_count >= criteria.max_replays and not criteria.force:
         return f"replayed {letter.replay_count} times already (use --force)"
-    return ""
+    # Past the inbox's retention its consumer may have forgotten it handled this event (or a copy
+    # of it): a replay could apply it twice. Dated by its failure record (a dead letter without
+    # one, e.g. from a lost worker, has no known age and goes back).
+    failed_at = DeadLetter.objects.filter(task_id=letter.task_id).values_list("date_done", flat=True).first()
+    age = timezone.now() - failed_at if failed_at else timedelta(0)
+    too_old = age > timedelta(days=settings.RETENTION["INBOX_DAYS"]) and not criteria.force
+    return f"failed {age.days} days ago, past the inbox's retention (use --force)" if too_old else ""
 
 
 def _replayed(message: Message, letter: DeadLetterMessage, criteria: ReplayCriteria) -> OutgoingMessage:

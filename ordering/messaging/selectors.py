@@ -2,12 +2,14 @@
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db.models import Count, Min, Q
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 
+from ordering import catalogue
 from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
 
 
@@ -130,3 +132,88 @@ def outbox_unpublished() -> OutboxUnpublished:
 
 def dead_letters_unresolved() -> list[DeadLetter]:
     return [failure for failure in DeadLetter.objects.all() if not dead_letter_resolved(failure)]
+
+
+@dataclass(frozen=True)
+class AggregateDelivery:
+    """How far the events of one aggregate (an order) got towards their consumers."""
+
+    # An event of it waits for the relay.
+    unpublished: bool = False
+    # An event of it was published, or one of its tasks retried, within `recent`.
+    recently_active: bool = False
+    # A task failed for good on one of its events and has not handled it since (unresolved).
+    dead_lettered: bool = False
+    # (consumer task, event type) pairs the inbox recorded for it.
+    consumed: frozenset[tuple[str, str]] = frozenset()
+    # Its published events that some subscriber has not handled, oldest first.
+    unconsumed: tuple[OutboxEvent, ...] = ()
+    # Its events in the outbox, by type.
+    recorded_types: frozenset[str] = frozenset()
+
+
+def aggregate_deliveries(*, aggregate_ids: Iterable[str], recent: timedelta) -> dict[str, AggregateDelivery]:
+    """Where the events of each aggregate are: outbox, inbox, retry and failure records (four queries)."""
+    ids = [str(aggregate_id) for aggregate_id in aggregate_ids]
+    if not ids:
+        return {}
+    since = timezone.now() - recent
+    inbox = list(
+        ProcessedEvent.objects.filter(aggregate_id__in=ids).values_list(
+            "aggregate_id", "consumer", "event_type", "event_id"
+        )
+    )
+    handled = {(consumer, str(event_id)) for _, consumer, _, event_id in inbox}
+    facts = {aggregate_id: _DeliveryFacts() for aggregate_id in ids}
+    for aggregate_id, consumer, event_type, _ in inbox:
+        facts[aggregate_id].consumed.add((consumer, event_type))
+    for event in OutboxEvent.objects.filter(aggregate_id__in=ids).order_by("created_at"):
+        facts[event.aggregate_id].add_event(event, since=since, handled=handled)
+    # Retries and failures name their order in the stored envelope (meta) or, for a worker lost
+    # mid-task, only in the relay's kwargsrepr (task_kwargs).
+    mentions = Q()
+    for aggregate_id in ids:
+        mentions |= Q(meta__contains=aggregate_id) | Q(task_kwargs__contains=aggregate_id)
+    for record in TaskResult.objects.filter(mentions, status__in=["RETRY", "FAILURE"]):
+        if (record.task_name, str(dead_letter_event_id(record))) in handled:
+            continue  # handled since (resolved)
+        for aggregate_id in ids:
+            if aggregate_id in (record.meta or "") or aggregate_id in (record.task_kwargs or ""):
+                facts[aggregate_id].add_task_record(record, since=since)
+    return {aggregate_id: fact.delivery() for aggregate_id, fact in facts.items()}
+
+
+@dataclass
+class _DeliveryFacts:
+    unpublished: bool = False
+    recently_active: bool = False
+    dead_lettered: bool = False
+    consumed: set[tuple[str, str]] = field(default_factory=set)
+    unconsumed: list[OutboxEvent] = field(default_factory=list)
+    recorded_types: set[str] = field(default_factory=set)
+
+    def add_event(self, event: OutboxEvent, *, since: datetime, handled: set[tuple[str, str]]) -> None:
+        self.recorded_types.add(event.event_type)
+        if event.published_at is None:
+            self.unpublished = True
+            return
+        self.recently_active |= event.published_at >= since
+        subscribers = catalogue.subscriptions_for(event.event_type)
+        if any((s.task_name, str(event.id)) not in handled for s in subscribers):
+            self.unconsumed.append(event)
+
+    def add_task_record(self, record: TaskResult, *, since: datetime) -> None:
+        if record.status == "FAILURE":
+            self.dead_lettered = True
+        elif record.date_done and record.date_done >= since:  # a retry waits in the broker
+            self.recently_active = True
+
+    def delivery(self) -> AggregateDelivery:
+        return AggregateDelivery(
+            unpublished=self.unpublished,
+            recently_active=self.recently_active,
+            dead_lettered=self.dead_lettered,
+            consumed=frozenset(self.consumed),
+            unconsumed=tuple(self.unconsumed),
+            recorded_types=frozenset(self.recorded_types),
+        )

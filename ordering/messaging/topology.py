@@ -1,4 +1,4 @@
-"""The RabbitMQ topology: exchanges, consumer queues, dead-letter exchange and queues.
+"""The RabbitMQ topology: exchanges, consumer queues, dead-letter exchange and queues, the maintenance queue.
 
 `task_queues()` is the one definition the producer (relay) and the workers share. Celery
 declares the consumer queues itself but never the dead-letter exchange or queues, and a message
@@ -66,9 +66,38 @@ def dead_letter_queue(name: str) -> Queue:
     )
 
 
+# A periodic job's message older than this is dropped unconsumed: beat sends a fresh one on its
+# next tick, so a worker back after a long absence runs each job once, not once per missed tick.
+MAINTENANCE_MESSAGE_TTL_MS = 10 * 60 * 1000
+
+
+def maintenance_queue() -> Queue:
+    """The quorum queue of the periodic jobs Celery beat sends (watchdog, retention purges).
+
+    No dead-letter queue: every job is idempotent and sent again on beat's next tick, so a
+    message that fails (rejected), kills its worker past the delivery limit or waits past its
+    TTL is dropped, and the next run does the work. Its failures are logged, not recorded as
+    dead letters (the tasks store no results).
+    """
+    return Queue(
+        catalogue.MAINTENANCE_QUEUE,
+        exchange=EVENTS_EXCHANGE,
+        routing_key=catalogue.MAINTENANCE_QUEUE,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.MESSAGING["DELIVERY_LIMIT"],
+            "x-message-ttl": MAINTENANCE_MESSAGE_TTL_MS,
+        },
+    )
+
+
 def task_queues() -> tuple[Queue, ...]:
-    """The consumer queues as Celery consumes them (and declares them, unless the topology is only checked)."""
-    queues = tuple(consumer_queue(name) for name in catalogue.CONSUMER_QUEUES)
+    """The queues as Celery consumes them (and declares them, unless the topology is only checked).
+
+    The consumer queues first: the first is Celery's default queue.
+    """
+    queues = (*(consumer_queue(name) for name in catalogue.CONSUMER_QUEUES), maintenance_queue())
     if not settings.MESSAGING["DECLARE_TOPOLOGY"]:
         for queue in queues:
             queue.no_declare = True
@@ -76,7 +105,9 @@ def task_queues() -> tuple[Queue, ...]:
 
 
 def task_routes() -> dict[str, dict[str, str]]:
-    return {s.task_name: {"queue": s.queue, "routing_key": s.queue} for s in catalogue.SUBSCRIPTIONS}
+    routes = {s.task_name: {"queue": s.queue, "routing_key": s.queue} for s in catalogue.SUBSCRIPTIONS}
+    maintenance = {"queue": catalogue.MAINTENANCE_QUEUE, "routing_key": catalogue.MAINTENANCE_QUEUE}
+    return routes | dict.fromkeys(catalogue.MAINTENANCE_TASKS, maintenance)
 
 
 class TopologyMissing(Exception):
@@ -100,7 +131,13 @@ def ensure_topology(connection: Connection) -> None:
     for name in catalogue.CONSUMER_QUEUES:
         for queue in (name, catalogue.dead_letter_queue(name)):
             _check_exists(connection, "queue", queue, lambda ch, q=queue: ch.queue_declare(queue=q, passive=True))
-    logger.info("topology present: %s", ", ".join(catalogue.CONSUMER_QUEUES))
+    _check_exists(
+        connection,
+        "queue",
+        catalogue.MAINTENANCE_QUEUE,
+        lambda ch: ch.queue_declare(queue=catalogue.MAINTENANCE_QUEUE, passive=True),
+    )
+    logger.info("topology present: %s", ", ".join((*catalogue.CONSUMER_QUEUES, catalogue.MAINTENANCE_QUEUE)))
 
 
 def _check_exists(connection: Connection, kind: str, name: str, declare_passively: Callable[[Any], object]) -> None:
@@ -125,4 +162,5 @@ def declare_topology(connection: Connection) -> None:
     for name in catalogue.CONSUMER_QUEUES:
         dead_letter_queue(name).bind(channel).declare()
         consumer_queue(name).bind(channel).declare()
-    logger.info("topology declared: %s", ", ".join(catalogue.CONSUMER_QUEUES))
+    maintenance_queue().bind(channel).declare()
+    logger.info("topology declared: %s", ", ".join((*catalogue.CONSUMER_QUEUES, catalogue.MAINTENANCE_QUEUE)))

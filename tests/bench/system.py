@@ -27,9 +27,9 @@ def procfile_commands() -> dict[str, str]:
 
 
 def worker_queue(command: str) -> str:
-    """The queue a Procfile worker command consumes (its --queues argument)."""
+    """The (first) queue a Procfile worker command consumes (its --queues argument)."""
     words = command.split()
-    return words[words.index("--queues") + 1]
+    return words[words.index("--queues") + 1].split(",")[0]
 
 
 class System:

@@ -18,6 +18,7 @@ from ordering import catalogue
 from orders.models import Order
 from tests.conftest import make_order
 from tests.integration.conftest import process_env
+from tests.integration.test_watchdog import stuck_order
 from tests.isolation import VHOST
 from tests.processes import ProcessGroup, wait_until
 from tests.services import rabbitmqctl
@@ -54,15 +55,20 @@ def test_the_pipeline_runs_with_each_process_on_its_own_least_privilege_user(bro
     group = ProcessGroup(env={**process_env(), "BROKER_DECLARE_TOPOLOGY": "false"}, log_dir=tmp_path)
     group.add_relay(CELERY_BROKER_URL=users["relay"])
     group.add_worker("billing", catalogue.BILLING_QUEUE, concurrency=1, CELERY_BROKER_URL=users["billing"])
-    group.add_worker("orders", catalogue.ORDERS_QUEUE, concurrency=1, CELERY_BROKER_URL=users["orders"])
+    # As the Procfile runs them: the orders worker runs beat's periodic jobs too; beat on the relay's user.
+    orders_queues = f"{catalogue.ORDERS_QUEUE},{catalogue.MAINTENANCE_QUEUE}"
+    group.add_worker("orders", orders_queues, concurrency=1, CELERY_BROKER_URL=users["orders"])
+    group.add_beat(CELERY_BROKER_URL=users["relay"], WATCHDOG_INTERVAL_SECONDS="1")
     try:
         group.start_all()
         order = make_order(user)
-        wait_until(
-            lambda: Order.objects.filter(pk=order.pk, status="PROCESSED").exists(),
-            timeout=30,
-            message="the order to be processed by processes on least-privilege users",
-        )
+        lost = stuck_order(user, lost="deleted")  # the watchdog's re-drive: beat -> orders worker -> relay
+        for pk in (order.pk, lost.pk):
+            wait_until(
+                lambda pk=pk: Order.objects.filter(pk=pk, status="PROCESSED").exists(),
+                timeout=30,
+                message="the order to be processed by processes on least-privilege users",
+            )
     finally:
         group.stop_all()
 
@@ -74,6 +80,8 @@ def test_the_pipeline_runs_with_each_process_on_its_own_least_privilege_user(bro
         ("relay", catalogue.ORDERS_QUEUE),
         ("billing", catalogue.ORDERS_QUEUE),
         ("orders", catalogue.BILLING_QUEUE),
+        ("billing", catalogue.MAINTENANCE_QUEUE),
+        ("relay", catalogue.MAINTENANCE_QUEUE),
         ("billing", catalogue.dead_letter_queue(catalogue.BILLING_QUEUE)),
     ],
 )

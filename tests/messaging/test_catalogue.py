@@ -39,11 +39,12 @@ def test_every_event_type_has_a_subscriber_on_a_consumer_queue():
 def test_worker_and_producer_share_the_queue_definitions():
     app.loader.import_default_modules()
     configured = {q.name: q for q in app.conf.task_queues}
-    assert set(configured) == set(catalogue.CONSUMER_QUEUES)
+    assert set(configured) == {*catalogue.CONSUMER_QUEUES, catalogue.MAINTENANCE_QUEUE}
     for queue in task_queues():
         assert configured[queue.name].queue_arguments == queue.queue_arguments
         assert queue.queue_arguments["x-queue-type"] == "quorum"
-        assert queue.queue_arguments["x-dead-letter-exchange"] == catalogue.DEAD_LETTER_EXCHANGE
+        if queue.name in catalogue.CONSUMER_QUEUES:
+            assert queue.queue_arguments["x-dead-letter-exchange"] == catalogue.DEAD_LETTER_EXCHANGE
 
 
 def test_failed_tasks_are_rejected_not_acked():

@@ -1,31 +1,66 @@
 """Report orders that are stuck and what holds them up; exit 1 if anything needs an operator."""
 
+import re
+from collections import Counter
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
-from ordering.messaging.selectors import dead_letters_unresolved, failure_summary, outbox_backlog
-from orders.selectors import order_list_stuck
+from ordering.messaging.models import DeadLetter
+from ordering.messaging.selectors import dead_letter_envelope, dead_letters_unresolved, failure_summary, outbox_backlog
+from orders.selectors import StuckState, order_list_stuck, order_list_stuck_classified
+
+SHOWN = 20
+# The relay's kwargsrepr ("{envelope: <type> <event id> order <order id>}"): all a failure
+# recorded for a lost worker says about its order.
+_KWARGSREPR_ORDER = re.compile(r"order ([0-9a-fA-F-]{36})")
 
 
 class Command(BaseCommand):
     help = "Stuck orders, unpublished events and unresolved dead letters (for monitoring; exit 1 if any)."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--pending-minutes", type=float, default=5, help="PENDING longer than this is stuck")
+        parser.add_argument(
+            "--pending-minutes",
+            type=float,
+            default=settings.WATCHDOG["STUCK_AFTER_SECONDS"] / 60,
+            help="PENDING longer than this is stuck (default: WATCHDOG_STUCK_AFTER_SECONDS)",
+        )
         parser.add_argument("--outbox-seconds", type=float, default=60, help="unpublished longer than this is late")
 
     def handle(self, *args, **options) -> None:
-        stuck = order_list_stuck(older_than=timedelta(minutes=options["pending_minutes"]))
+        stuck_after = timedelta(minutes=options["pending_minutes"])
+        total = order_list_stuck(older_than=stuck_after).count()
+        # Oldest first, WATCHDOG["MAX_ORDERS"] at most: the counts by state are of those.
+        classified = order_list_stuck_classified(older_than=stuck_after)
+        counts = Counter(stuck.state for stuck in classified)
         backlog = outbox_backlog(older_than=timedelta(seconds=options["outbox_seconds"]))
         dead = dead_letters_unresolved()
-        self.stdout.write(f"orders pending > {options['pending_minutes']:g} min: {stuck.count()}")
-        for order in stuck[:20]:
-            self.stdout.write(f"  {order.id}  created {order.created_at:%Y-%m-%d %H:%M:%S}  buyer {order.buyer}")
+        by_state = ", ".join(f"{state} {counts[state]}" for state in StuckState)
+        self.stdout.write(f"orders pending > {options['pending_minutes']:g} min: {total} ({by_state})")
+        now = timezone.now()
+        for stuck in classified[:SHOWN]:
+            minutes = (now - stuck.created_at).total_seconds() / 60
+            self.stdout.write(f"  order {stuck.order_id}  pending {minutes:.0f} min  {stuck.state}: {stuck.detail}")
         self.stdout.write(f"outbox events unpublished > {options['outbox_seconds']:g} s: {backlog}")
         self.stdout.write(f"unresolved dead letters: {len(dead)}")
-        for failure in dead[:20]:
-            self.stdout.write(f"  {failure.task_name}[{failure.task_id}]  {failure_summary(failure)}")
-        if stuck.exists() or backlog or dead:
-            raise CommandError("the pipeline needs attention (see above; replay with replay_dead_letters)")
+        for failure in dead[:SHOWN]:
+            self.stdout.write(
+                f"  order {_order_of(failure)}  {failure.task_name}[{failure.task_id}]  {failure_summary(failure)}"
+            )
+        if total or backlog or dead:
+            raise CommandError(
+                "the pipeline needs attention (see above; the watchdog re-drives missing orders, "
+                "replay dead letters with replay_dead_letters)"
+            )
         self.stdout.write(self.style.SUCCESS("pipeline healthy"))
+
+
+def _order_of(failure: DeadLetter) -> str:
+    order_id = (dead_letter_envelope(failure) or {}).get("aggregate_id")
+    if not order_id:
+        match = _KWARGSREPR_ORDER.search(failure.task_kwargs or "")
+        order_id = match.group(1) if match else None
+    return str(order_id or "?")
