@@ -178,7 +178,7 @@ def test_one_message_that_cannot_go_back_fails_alone(broker, monkeypatch):
     put_dead_letter(broker)
     put_dead_letter(broker, origin=catalogue.ORDERS_QUEUE)  # its way back is gone
     put_dead_letter(broker)
-    monkeypatch.setattr(replay_module, "declare_topology", lambda connection: None)
+    monkeypatch.setattr(replay_module, "ensure_topology", lambda connection: None)
     broker.default_channel.queue_delete(catalogue.ORDERS_QUEUE)
     with pytest.raises(CommandError, match="1 dead letters could not be replayed"):
         replay("--queue", catalogue.BILLING_QUEUE)
@@ -189,7 +189,7 @@ def test_one_message_that_cannot_go_back_fails_alone(broker, monkeypatch):
 
 def test_replay_to_a_missing_queue_keeps_the_dead_letter(broker, monkeypatch):
     put_dead_letter(broker)
-    monkeypatch.setattr(replay_module, "declare_topology", lambda connection: None)
+    monkeypatch.setattr(replay_module, "ensure_topology", lambda connection: None)
     broker.default_channel.queue_delete(catalogue.BILLING_QUEUE)
     with pytest.raises(CommandError, match="could not be replayed"):
         replay()
