@@ -127,7 +127,7 @@ class ReplayCriteria:
     dry_run: bool = False
     reset_retries: bool = False
     force: bool = False
-    max_replays: int = 3
+    max_replays: int = field(default_factory=lambda: settings.MESSAGING["REPLAY_MAX_REPLAYS"])
 
 
 @dataclass
