@@ -215,7 +215,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     change_list_template = "admin/messaging/deadletter/change_list.html"
     list_display = [
-        "date_done", "task_name", "event_type_name", "order_link", "failure", "attempts", "queue", "is_resolved",
+        "failed_at", "task_name", "event_type_name", "order_link", "failure", "attempts", "queue", "is_resolved",
     ]  # fmt: skip
     list_filter = [ResolvedFilter, QueueFilter, ExceptionTypeFilter, EventTypeFilter, AgeFilter]
     search_fields = ["task_id", "task_kwargs", "meta"]
@@ -227,7 +227,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         "is_resolved",
         "queue",
         "attempts",
-        "date_done",
+        "failed_at",
         "task_name",
         "task_id",
         "worker",
@@ -246,6 +246,10 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         return request.user.has_perm(DISCARD_PERMISSION)
 
     # -- columns and fields
+
+    @admin.display(description="failed at", ordering="date_done")
+    def failed_at(self, obj: DeadLetter) -> object:
+        return obj.date_done
 
     @admin.display(description="event type", ordering="event_type")
     def event_type_name(self, obj: DeadLetter) -> str:
