@@ -5,17 +5,16 @@ from datetime import timedelta
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from ordering.messaging.admin import REPLAY_PERMISSION, replay_and_report
 from ordering.messaging.replay import ReplayCriteria
 from ordering.messaging.selectors import HistoryEntry, dead_letter_unresolved_exists, event_history
-from orders.models import Order, OrderStatus
+from orders.models import Order
 from orders.selectors import order_list_stuck
 
 # PENDING longer than this is stuck (check_pipeline's default too).
@@ -36,7 +35,7 @@ class ProblemFilter(admin.SimpleListFilter):
         if self.value() == "dead_lettered":
             return queryset.filter(dead_lettered=True)
         if self.value() == "stuck":
-            return queryset.filter(pk__in=order_list_stuck(older_than=STUCK_AFTER).values("pk"))
+            return queryset.filter(stuck=True)
         return queryset
 
 
@@ -60,7 +59,12 @@ class OrderAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return (
-            super().get_queryset(request).annotate(dead_lettered=dead_letter_unresolved_exists(order_id=OuterRef("pk")))
+            super()
+            .get_queryset(request)
+            .annotate(
+                dead_lettered=dead_letter_unresolved_exists(order_id=OuterRef("pk")),
+                stuck=Exists(order_list_stuck(older_than=STUCK_AFTER).filter(pk=OuterRef("pk"))),
+            )
         )
 
     def get_readonly_fields(self, request, obj=None) -> list[str]:
@@ -81,9 +85,9 @@ class OrderAdmin(admin.ModelAdmin):
     def is_dead_lettered(self, obj: Order) -> bool:
         return obj.dead_lettered
 
-    @admin.display(description="stuck", boolean=True)
+    @admin.display(description="stuck", boolean=True, ordering="stuck")
     def is_stuck(self, obj: Order) -> bool:
-        return obj.status == OrderStatus.PENDING and obj.created_at < timezone.now() - STUCK_AFTER
+        return obj.stuck
 
     @admin.display(description="event history")
     def history(self, obj: Order) -> str:
