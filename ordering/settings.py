@@ -369,6 +369,10 @@ MESSAGING = {
     # Longest wait between a worker's attempts to reach a broker that went away.
     "BROKER_RECONNECT_MAX_SECONDS": env.float("BROKER_RECONNECT_MAX_SECONDS", default=2.0),
     "REPLAY_MAX_REPLAYS": env.int("REPLAY_MAX_REPLAYS", default=3),
+    # Broker URL of replay and discard (replay_dead_letters, the admin): a user that may read the
+    # DLQs and publish to the default exchange (scripts/rabbitmq_users.py, role "console").
+    # Empty: CELERY_BROKER_URL.
+    "REPLAY_BROKER_URL": env.str("REPLAY_BROKER_URL", default=""),
     # The relay and the workers declare the topology on every connection; with least-privilege
     # broker users (docker-compose) they only check it, and `manage.py declare_topology` declares it.
     "DECLARE_TOPOLOGY": env.bool("BROKER_DECLARE_TOPOLOGY", default=True),

@@ -1,16 +1,52 @@
-"""Order admin: search and filter orders, read one with its whole history; status is not editable."""
+"""Order admin: search and filter orders (dead-lettered, stuck), read one with its whole history, replay
+its dead letters; nothing is editable (orders change only through services)."""
+
+from datetime import timedelta
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from ordering.messaging.selectors import event_history
+from ordering.messaging.admin import REPLAY_PERMISSION, replay_and_report
+from ordering.messaging.replay import ReplayCriteria
+from ordering.messaging.selectors import HistoryEntry, dead_letter_unresolved_exists, event_history
 from orders.models import Order
+from orders.selectors import order_list_stuck
+
+# PENDING longer than this is stuck (check_pipeline's default too).
+STUCK_AFTER = timedelta(minutes=5)
+
+
+class ProblemFilter(admin.SimpleListFilter):
+    title = "needs an operator"
+    parameter_name = "problem"
+
+    def lookups(self, request, model_admin) -> list[tuple[str, str]]:
+        return [
+            ("dead_lettered", "Dead-lettered (unresolved dead letter)"),
+            ("stuck", f"Stuck (PENDING over {STUCK_AFTER.total_seconds() / 60:g} min)"),
+        ]
+
+    def queryset(self, request, queryset: QuerySet) -> QuerySet:
+        if self.value() == "dead_lettered":
+            return queryset.filter(dead_lettered=True)
+        if self.value() == "stuck":
+            return queryset.filter(stuck=True)
+        return queryset
 
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ["id", "product_name", "quantity", "price", "currency", "buyer", "owner", "status", "created_at"]
-    list_filter = ["status", "created_at", "currency"]
+    change_form_template = "admin/orders/order/change_form.html"
+    list_display = [
+        "id", "product_name", "quantity", "price", "currency", "buyer", "owner", "status", "is_dead_lettered",
+        "is_stuck", "created_at",
+    ]  # fmt: skip
+    list_filter = [ProblemFilter, "status", "created_at", "currency"]
     search_fields = ["=id", "buyer", "product_name", "owner__username"]
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
@@ -21,6 +57,16 @@ class OrderAdmin(admin.ModelAdmin):
         ("History", {"fields": ["created_at", "updated_at", "history"]}),
     ]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                dead_lettered=dead_letter_unresolved_exists(order_id=OuterRef("pk")),
+                stuck=Exists(order_list_stuck(older_than=STUCK_AFTER).filter(pk=OuterRef("pk"))),
+            )
+        )
+
     def get_readonly_fields(self, request, obj=None) -> list[str]:
         # Every field: orders change only through services, which keep status and events in step.
         return [field for fieldset in self.fieldsets for field in fieldset[1]["fields"]]
@@ -28,17 +74,62 @@ class OrderAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Nothing here is editable: Django renders the view-only page, without Save buttons.
+        return False
+
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
+    @admin.display(description="dead-lettered", boolean=True, ordering="dead_lettered")
+    def is_dead_lettered(self, obj: Order) -> bool:
+        return obj.dead_lettered
+
+    @admin.display(description="stuck", boolean=True, ordering="stuck")
+    def is_stuck(self, obj: Order) -> bool:
+        return obj.stuck
+
     @admin.display(description="event history")
     def history(self, obj: Order) -> str:
+        entries = event_history(order_id=str(obj.id))
+        if obj.is_terminal:
+            # The status change itself: the last write of the order (its outcome event is consumed above).
+            entries = sorted(
+                [*entries, HistoryEntry(obj.updated_at, f"status {obj.status}", obj.status_reason)], key=lambda e: e.at
+            )
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
             (
-                (f"{entry.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], entry.what, entry.detail)
-                for entry in event_history(order_id=str(obj.id))
+                (f"{entry.at:%Y-%m-%d %H:%M:%S.%f}"[:-3], entry.what, entry.detail, entry.correlation_id)
+                for entry in entries
             ),
         )
-        return format_html("<table><tr><th>time</th><th>what</th><th>detail</th></tr>{}</table>", rows)
+        return format_html(
+            "<table><tr><th>time</th><th>what</th><th>detail</th><th>correlation id</th></tr>{}</table>", rows
+        )
+
+    # -- replay this order's dead letters (object tool)
+
+    def get_urls(self) -> list:
+        view = self.admin_site.admin_view(self.replay_dead_letters_view)
+        return [
+            path("<path:object_id>/replay-dead-letters/", view, name="orders_order_replay_dead_letters"),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        context = {"can_replay_dead_letters": request.user.has_perm(REPLAY_PERMISSION), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def replay_dead_letters_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not (self.has_view_permission(request) and request.user.has_perm(REPLAY_PERMISSION)):
+            raise PermissionDenied
+        order = get_object_or_404(Order, pk=object_id)
+        criteria = ReplayCriteria(order_id=str(order.id), reset_retries=True)
+        replay_and_report(request, criteria=criteria, reason=request.POST.get("reason", ""))
+        return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))

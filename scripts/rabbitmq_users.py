@@ -20,8 +20,11 @@ queues only); the relay and the workers run with BROKER_DECLARE_TOPOLOGY=false a
   dead-letter queue, nor declare, bind or delete any of the system's exchanges and queues. The
   orders worker reads the maintenance queue (ordering.maintenance) too: it runs beat's periodic jobs.
 - flower: task events (celeryev) and remote control only.
-- web has no broker user: it never talks to RabbitMQ.
-Operators run replay_dead_letters with the admin user.
+- console: the admin's replay and discard (web's REPLAY_BROKER_URL; also what `replay_dead_letters`
+  uses in the web container): read on the dead-letter queues (it takes their messages) and write on
+  the default exchange (amq.default: a replayed message goes straight back to the queue that rejected
+  it). It cannot read a consumer queue, publish to ordering.events, or declare or delete anything.
+  web has no other broker user.
 
     python -m scripts.rabbitmq_users                       # management API (RABBITMQ_API, RABBITMQ_ADMIN_*)
     python -m scripts.rabbitmq_users --rabbitmqctl --vhost V --user-prefix P   # the same table via rabbitmqctl
@@ -58,6 +61,7 @@ TOPOLOGY = (
 DELAYED = "re:celery_delayed_.*"  # kombu.transport.native_delayed_delivery: celery_delayed_0..27, _delivery
 CONTROL = ("celery.pidbox", "reply.celery.pidbox", r"re:.*\.reply\.celery\.pidbox")  # exchanges, reply queues
 EVENTS = ("celeryev", r"re:celeryev\..*")  # the task-event exchange, flower's event queues
+DEFAULT_EXCHANGE = "amq.default"  # the name permissions give the default exchange ("")
 
 
 def worker(*queues: str) -> dict[str, str]:
@@ -87,6 +91,11 @@ PERMISSIONS: dict[str, dict[str, str]] = {
         "configure": names(*CONTROL, *EVENTS),
         "write": names(*CONTROL, *EVENTS),
         "read": names(*CONTROL, *EVENTS),
+    },
+    "console": {
+        "configure": "^$",
+        "write": names(DEFAULT_EXCHANGE),
+        "read": names(*(catalogue.dead_letter_queue(q) for q in catalogue.CONSUMER_QUEUES)),
     },
 }
 

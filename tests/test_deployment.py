@@ -31,6 +31,7 @@ COMPOSE_SECRETS = {
     "RABBITMQ_BILLING_PASSWORD": "billing",
     "RABBITMQ_ORDERS_PASSWORD": "orders",
     "RABBITMQ_FLOWER_PASSWORD": "flower",
+    "RABBITMQ_CONSOLE_PASSWORD": "console",
     "FLOWER_BASIC_AUTH": "admin:flower",
 }
 

@@ -142,6 +142,6 @@ def _positions(messages: Sequence[OutgoingMessage], returned: list[tuple[str, by
     return None if left else positions
 
 
-def connection_for_confirmed_batches(app) -> Connection:
+def connection_for_confirmed_batches(app, url: str | None = None) -> Connection:
     """A broker connection for ConfirmedPublisher: the app's settings without per-message confirms."""
-    return app.connection_for_write(transport_options={"confirm_publish": False})
+    return app.connection_for_write(url=url, transport_options={"confirm_publish": False})

@@ -10,25 +10,39 @@ Safety rules, each with a reason:
 - skipped messages stay unacked until the end of the run and then go back to the DLQ;
 - body, headers and properties are kept; the `x-replay-count` header counts replays, and a
   message replayed too often is refused unless forced.
+
+Discarding takes the matching dead letters out of their DLQ without republishing them (an operator
+decided they are not to be processed); each is acked only when it matched, so the others stay.
+
+`dead_letters_replay` and `dead_letters_discard` are what the command and the admin call: they
+connect with MESSAGING["REPLAY_BROKER_URL"] and record every use (DeadLetterAction).
 """
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
 from django.utils import timezone
 from kombu import Connection
 from kombu.message import Message
 
 from ordering import catalogue
 from ordering.messaging import metrics
-from ordering.messaging.models import DeadLetter
-from ordering.messaging.publisher import ConfirmedPublisher, OutgoingMessage, PublishFailed
-from ordering.messaging.topology import dead_letter_queue, declare_topology
+from ordering.messaging.models import DeadLetter, DeadLetterAction, DeadLetterOutcome
+from ordering.messaging.publisher import (
+    ConfirmedPublisher,
+    OutgoingMessage,
+    PublishFailed,
+    connection_for_confirmed_batches,
+)
+from ordering.messaging.topology import dead_letter_queue, ensure_topology
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +124,13 @@ class ReplayCriteria:
     queues: tuple[str, ...] = catalogue.CONSUMER_QUEUES
     event_type: str | None = None
     order_id: str | None = None
+    # Only these messages (the `id` header: Celery's task id, the dead letter's TaskResult.task_id).
+    task_ids: frozenset[str] | None = None
     limit: int | None = None
     dry_run: bool = False
     reset_retries: bool = False
     force: bool = False
-    max_replays: int = 3
+    max_replays: int = field(default_factory=lambda: settings.MESSAGING["REPLAY_MAX_REPLAYS"])
 
 
 @dataclass
@@ -122,6 +138,7 @@ class ReplaySummary:
     replayed: list[DeadLetterMessage] = field(default_factory=list)
     skipped: list[tuple[DeadLetterMessage, str]] = field(default_factory=list)
     failed: list[tuple[DeadLetterMessage, str]] = field(default_factory=list)
+    discarded: list[DeadLetterMessage] = field(default_factory=list)
 
 
 Reporter = Callable[[str, DeadLetterMessage, str], None]
@@ -131,16 +148,77 @@ def replay_dead_letters(
     connection: Connection, criteria: ReplayCriteria, report: Reporter | None = None
 ) -> ReplaySummary:
     """Replay the dead letters matching `criteria`; `report(action, letter, why)` per message."""
-    report = report or (lambda action, letter, why: None)
-    summary = ReplaySummary()
-    declare_topology(connection)
-    for queue in criteria.queues:
-        if criteria.limit is not None and len(summary.replayed) >= criteria.limit:
-            break
-        _replay_queue(connection, queue, criteria, summary, report)
+    summary = _each_queue(connection, criteria, report, _replay_queue)
     if not criteria.dry_run:
         metrics.replay_count(replayed=len(summary.replayed), skipped=len(summary.skipped), failed=len(summary.failed))
     return summary
+
+
+def discard_dead_letters(
+    connection: Connection, criteria: ReplayCriteria, report: Reporter | None = None
+) -> ReplaySummary:
+    """Take the dead letters matching `criteria` out of their DLQ without republishing them."""
+    return _each_queue(connection, criteria, report, _discard_queue)
+
+
+def _each_queue(
+    connection: Connection,
+    criteria: ReplayCriteria,
+    report: Reporter | None,
+    handle_queue: Callable[[Connection, str, ReplayCriteria, ReplaySummary, Reporter], None],
+) -> ReplaySummary:
+    report = report or (lambda action, letter, why: None)
+    summary = ReplaySummary()
+    # Declared, or only checked for a least-privilege user (MESSAGING["DECLARE_TOPOLOGY"]).
+    ensure_topology(connection)
+    for queue in criteria.queues:
+        if criteria.limit is not None and len(summary.replayed) + len(summary.discarded) >= criteria.limit:
+            break
+        handle_queue(connection, queue, criteria, summary, report)
+    return summary
+
+
+def _discard_queue(
+    connection: Connection,
+    queue: str,
+    criteria: ReplayCriteria,
+    summary: ReplaySummary,
+    report: Reporter,
+) -> None:
+    channel = connection.channel()
+    try:
+        dlq = dead_letter_queue(queue).bind(channel)
+        _, present, _ = dlq.queue_declare(passive=True)
+        for _ in range(present):
+            if criteria.limit is not None and len(summary.discarded) >= criteria.limit:
+                break
+            if _all_found(criteria, summary):
+                break
+            message = dlq.get(no_ack=False, accept=None)
+            if message is None:
+                break
+            letter = DeadLetterMessage.from_message(dlq.name, message)
+            # A malformed message may be discarded (that is often why): only the filters apply.
+            why_not = _not_selected(letter, criteria)
+            if why_not:
+                continue  # not one of the letters asked for: left unacked, back in the DLQ at the end
+            if criteria.dry_run:
+                summary.discarded.append(letter)
+                report("would discard", letter, "")
+                continue
+            message.ack()
+            summary.discarded.append(letter)
+            report("discarded", letter, "")
+    finally:
+        channel.close()
+
+
+def _all_found(criteria: ReplayCriteria, summary: ReplaySummary, pending: Iterable[DeadLetterMessage] = ()) -> bool:
+    """With task ids asked for, every one of them has been taken: the rest of the DLQ need not be read."""
+    if criteria.task_ids is None:
+        return False
+    taken = [*summary.replayed, *summary.discarded, *(letter for letter, _ in (*summary.skipped, *summary.failed))]
+    return criteria.task_ids <= {letter.task_id for letter in (*taken, *pending)}
 
 
 def _replay_queue(
@@ -159,10 +237,14 @@ def _replay_queue(
         for _ in range(present):
             if criteria.limit is not None and len(summary.replayed) + len(batch) >= criteria.limit:
                 break
+            if _all_found(criteria, summary, (letter for _, letter in batch)):
+                break
             message = dlq.get(no_ack=False, accept=None)
             if message is None:
                 break
             letter = DeadLetterMessage.from_message(dlq.name, message)
+            if criteria.task_ids is not None and letter.task_id not in criteria.task_ids:
+                continue  # not asked for, not reported: left unacked, back in the DLQ at the end
             why_not = _reason_to_skip(letter, criteria)
             if why_not:
                 summary.skipped.append((letter, why_not))
@@ -240,10 +322,9 @@ def _reason_to_skip(letter: DeadLetterMessage, criteria: ReplayCriteria) -> str:
         return letter.problem or "no x-death header: origin queue unknown"
     if letter.origin_queue not in catalogue.CONSUMER_QUEUES:
         return f"origin queue {letter.origin_queue!r} is not a consumer queue"
-    if criteria.event_type and letter.event_type != criteria.event_type:
-        return "other event type"
-    if criteria.order_id and letter.order_id != criteria.order_id:
-        return "other order"
+    not_selected = _not_selected(letter, criteria)
+    if not_selected:
+        return not_selected
     if letter.replay_count >= criteria.max_replays and not criteria.force:
         return f"replayed {letter.replay_count} times already (use --force)"
     # Past the inbox's retention its consumer may have forgotten it handled this event (or a copy
@@ -253,6 +334,21 @@ def _reason_to_skip(letter: DeadLetterMessage, criteria: ReplayCriteria) -> str:
     age = timezone.now() - failed_at if failed_at else timedelta(0)
     too_old = age > timedelta(days=settings.RETENTION["INBOX_DAYS"]) and not criteria.force
     return f"failed {age.days} days ago, past the inbox's retention (use --force)" if too_old else ""
+
+
+OTHER_TASK, OTHER_EVENT_TYPE, OTHER_ORDER = "other task", "other event type", "other order"
+# Reasons that mean "not one of the letters asked for", rather than "asked for, but left alone".
+NOT_SELECTED = frozenset({OTHER_TASK, OTHER_EVENT_TYPE, OTHER_ORDER})
+
+
+def _not_selected(letter: DeadLetterMessage, criteria: ReplayCriteria) -> str:
+    if criteria.task_ids is not None and letter.task_id not in criteria.task_ids:
+        return OTHER_TASK
+    if criteria.event_type and letter.event_type != criteria.event_type:
+        return OTHER_EVENT_TYPE
+    if criteria.order_id and letter.order_id != criteria.order_id:
+        return OTHER_ORDER
+    return ""
 
 
 def _replayed(message: Message, letter: DeadLetterMessage, criteria: ReplayCriteria) -> OutgoingMessage:
@@ -290,3 +386,161 @@ def peek_dead_letters(connection: Connection, queues: Iterable[str]) -> list[Dea
     """List the dead letters in the DLQs without moving any (a dry run that replays nothing)."""
     summary = replay_dead_letters(connection, ReplayCriteria(queues=tuple(queues), dry_run=True, force=True))
     return summary.replayed + [letter for letter, _ in summary.skipped]
+
+
+@contextlib.contextmanager
+def replay_connection() -> Iterator[Connection]:
+    """A connection for replay and discard: MESSAGING["REPLAY_BROKER_URL"], with batch confirms."""
+    from ordering.celery import app
+
+    url = settings.MESSAGING["REPLAY_BROKER_URL"] or None
+    with connection_for_confirmed_batches(app, url=url) as connection:
+        connection.ensure_connection(max_retries=3)
+        yield connection
+
+
+def dead_letters_replay(
+    *,
+    criteria: ReplayCriteria,
+    actor: str,
+    user: AbstractBaseUser | None = None,
+    reason: str = "",
+    report: Reporter | None = None,
+) -> tuple[ReplaySummary, DeadLetterAction | None]:
+    """Replay the dead letters matching `criteria` and record who did it and what came of it.
+
+    A dry run changes nothing and is not recorded (the action is then None).
+    """
+    return _audited(
+        replay_dead_letters,
+        DeadLetterAction.Kind.REPLAY,
+        criteria=criteria,
+        actor=actor,
+        user=user,
+        reason=reason,
+        report=report,
+    )
+
+
+def dead_letters_discard(
+    *,
+    criteria: ReplayCriteria,
+    actor: str,
+    reason: str,
+    user: AbstractBaseUser | None = None,
+    report: Reporter | None = None,
+) -> tuple[ReplaySummary, DeadLetterAction | None]:
+    """Remove the dead letters matching `criteria` from their DLQ for good, with the reason, recorded."""
+    if not reason.strip():
+        raise ValueError("a discard needs a reason")
+    return _audited(
+        discard_dead_letters,
+        DeadLetterAction.Kind.DISCARD,
+        criteria=criteria,
+        actor=actor,
+        user=user,
+        reason=reason,
+        report=report,
+    )
+
+
+_RESULTS = {
+    "replayed": DeadLetterOutcome.Result.REPLAYED,
+    "discarded": DeadLetterOutcome.Result.DISCARDED,
+    "skipped": DeadLetterOutcome.Result.SKIPPED,
+    "failed": DeadLetterOutcome.Result.FAILED,
+}
+
+
+def _audited(
+    operation: Callable[[Connection, ReplayCriteria, Reporter | None], ReplaySummary],
+    kind: str,
+    *,
+    criteria: ReplayCriteria,
+    actor: str,
+    user: AbstractBaseUser | None,
+    reason: str,
+    report: Reporter | None,
+) -> tuple[ReplaySummary, DeadLetterAction | None]:
+    reports: list[tuple[str, DeadLetterMessage, str]] = []
+
+    def collect(action: str, letter: DeadLetterMessage, why: str) -> None:
+        reports.append((action, letter, why))
+        if report:
+            report(action, letter, why)
+
+    summary = ReplaySummary()
+    error = ""
+    try:
+        with replay_connection() as connection:
+            summary = operation(connection, criteria, collect)
+    except Exception as exc:
+        # Recorded too: what was done before the failure stays done (each letter acked on its own).
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        action = None
+        if not criteria.dry_run:
+            action = _record(
+                kind, criteria=criteria, actor=actor, user=user, reason=reason, reports=reports, error=error
+            )
+    return summary, action
+
+
+def _record(
+    kind: str,
+    *,
+    criteria: ReplayCriteria,
+    actor: str,
+    user: AbstractBaseUser | None,
+    reason: str,
+    reports: list[tuple[str, DeadLetterMessage, str]],
+    error: str,
+) -> DeadLetterAction:
+    # Letters that were not asked for (another order, task or event type) are not part of the record.
+    outcomes = [
+        (_RESULTS[action], letter, why)
+        for action, letter, why in reports
+        if action in _RESULTS and not (action == "skipped" and why in NOT_SELECTED)
+    ]
+    counts = {result: sum(1 for r, _, _ in outcomes if r == result) for result in DeadLetterOutcome.Result}
+    with transaction.atomic():
+        action = DeadLetterAction.objects.create(
+            user=user if user is not None and user.pk else None,
+            actor=actor,
+            action=kind,
+            reason=reason,
+            criteria=_criteria_record(criteria),
+            replayed=counts[DeadLetterOutcome.Result.REPLAYED],
+            discarded=counts[DeadLetterOutcome.Result.DISCARDED],
+            skipped=counts[DeadLetterOutcome.Result.SKIPPED],
+            failed=counts[DeadLetterOutcome.Result.FAILED],
+            error=error,
+        )
+        DeadLetterOutcome.objects.bulk_create(
+            DeadLetterOutcome(
+                action=action,
+                task_id=letter.task_id or "",
+                order_id=letter.order_id or "",
+                queue=letter.origin_queue or "",
+                event_type=letter.event_type or "",
+                result=result,
+                detail=why,
+            )
+            for result, letter, why in outcomes
+        )
+    return action
+
+
+def _criteria_record(criteria: ReplayCriteria) -> dict[str, Any]:
+    record = {
+        "queues": list(criteria.queues),
+        "event_type": criteria.event_type,
+        "order_id": criteria.order_id,
+        "task_ids": sorted(criteria.task_ids) if criteria.task_ids is not None else None,
+        "limit": criteria.limit,
+        "reset_retries": criteria.reset_retries,
+        "force": criteria.force,
+        "max_replays": criteria.max_replays,
+    }
+    return {key: value for key, value in record.items() if value not in (None, False)}

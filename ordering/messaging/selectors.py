@@ -5,12 +5,31 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Min, Q
+from django.db.models import (
+    BooleanField,
+    Case,
+    CharField,
+    Count,
+    Exists,
+    Expression,
+    ExpressionWrapper,
+    JSONField,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    UUIDField,
+    When,
+)
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from ordering import catalogue
-from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
+from ordering.messaging.models import DeadLetter, DeadLetterOutcome, OutboxEvent, ProcessedEvent
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 
 
 @dataclass(frozen=True)
@@ -18,34 +37,124 @@ class HistoryEntry:
     at: datetime
     what: str
     detail: str
+    correlation_id: str = ""
 
 
 def event_history(*, order_id: str) -> list[HistoryEntry]:
-    """Everything the messaging layer saw for an order: events written, published, consumed."""
+    """Everything the messaging layer saw for an order, in time order: events written, published,
+    consumed; retries, dead-lettering, and operators' replays and discards (who)."""
     entries: list[HistoryEntry] = []
+    correlation: dict[str, str] = {}
     for event in OutboxEvent.objects.filter(aggregate_id=order_id):
-        entries.append(HistoryEntry(event.occurred_at, f"recorded {event.event_type} v{event.version}", str(event.id)))
-        if event.published_at:
-            entries.append(HistoryEntry(event.published_at, f"published {event.event_type}", str(event.id)))
-    for processed in ProcessedEvent.objects.filter(aggregate_id=order_id):
+        correlation[str(event.id)] = event.correlation_id
         entries.append(
             HistoryEntry(
-                processed.processed_at, f"{processed.consumer} consumed {processed.event_type}", str(processed.event_id)
+                event.occurred_at,
+                f"recorded {event.event_type} v{event.version}",
+                str(event.id),
+                event.correlation_id,
             )
         )
-    for failure in dead_letters_for_order(order_id):
+        if event.published_at:
+            entries.append(
+                HistoryEntry(event.published_at, f"published {event.event_type}", str(event.id), event.correlation_id)
+            )
+    for processed in ProcessedEvent.objects.filter(aggregate_id=order_id):
+        event_id = str(processed.event_id)
         entries.append(
             HistoryEntry(
-                failure.date_done, f"{failure.task_name} failed for good (dead letter)", failure_summary(failure)
+                processed.processed_at,
+                f"{processed.consumer} consumed {processed.event_type}",
+                event_id,
+                correlation.get(event_id, ""),
             )
+        )
+    for record in _task_records_for_order(order_id, statuses=("RETRY", "FAILURE")):
+        envelope = dead_letter_envelope(record) or {}
+        attempts = failure_attempts(record)
+        if record.status == "RETRY":
+            what = f"{record.task_name} attempt {attempts or '?'} failed, retrying"
+        else:
+            what = f"{record.task_name} failed for good after {attempts or '?'} attempts (dead letter)"
+        entries.append(
+            HistoryEntry(record.date_done, what, failure_summary(record), envelope.get("correlation_id") or "")
+        )
+    for outcome in DeadLetterOutcome.objects.filter(order_id=order_id).select_related("action"):
+        action = outcome.action
+        detail = "; ".join(
+            part for part in (outcome.detail, f"reason: {action.reason}" if action.reason else "") if part
+        )
+        entries.append(
+            HistoryEntry(action.at, f"dead letter {outcome.result} ({action.action} by {action.actor})", detail)
         )
     return sorted(entries, key=lambda entry: entry.at)
 
 
 def dead_letters_for_order(order_id: str) -> list[DeadLetter]:
+    return list(DeadLetter.objects.filter(_names_order(order_id)))
+
+
+def _task_records_for_order(order_id: str, *, statuses: tuple[str, ...]) -> QuerySet[TaskResult]:
+    return TaskResult.objects.filter(_names_order(order_id), status__in=statuses)
+
+
+def _names_order(order_id: str) -> Q:
     # meta holds the envelope (ordering/messaging/consumer.py); task_kwargs the relay's
     # kwargsrepr, which names the order too and is all a failure stored for a lost worker has.
-    return list(DeadLetter.objects.filter(Q(meta__contains=order_id) | Q(task_kwargs__contains=order_id)))
+    return Q(meta__contains=order_id) | Q(task_kwargs__contains=order_id)
+
+
+def dead_letters_annotated() -> QuerySet[DeadLetter]:
+    """Dead letters with what their JSON columns hold, as columns, and whether each is resolved.
+
+    Resolved: its consumer has since handled the event (an inbox row for the task and the
+    envelope's event id, e.g. after a replay), or an operator discarded it. All in SQL: meta and
+    result are text columns holding JSON, cast to jsonb here.
+    """
+    annotated = DeadLetter.objects.annotate(
+        meta_json=Cast("meta", JSONField()), result_json=Cast("result", JSONField())
+    ).annotate(
+        queue_name=KT("meta_json__queue"),
+        exception_type=KT("result_json__exc_type"),
+        event_type=KT("meta_json__envelope__event_type"),
+        order_id=KT("meta_json__envelope__aggregate_id"),
+        event_id_text=KT("meta_json__envelope__event_id"),
+    )
+    # A malformed envelope's event id is no uuid: it matches no inbox row (and breaks no cast).
+    annotated = annotated.annotate(
+        event_uuid=Case(When(event_id_text__regex=UUID_PATTERN, then=Cast("event_id_text", UUIDField())))
+    )
+    return annotated.annotate(
+        handled=Exists(ProcessedEvent.objects.filter(consumer=OuterRef("task_name"), event_id=OuterRef("event_uuid"))),
+        discarded=Exists(
+            DeadLetterOutcome.objects.filter(task_id=OuterRef("task_id"), result=DeadLetterOutcome.Result.DISCARDED)
+        ),
+    ).annotate(resolved=ExpressionWrapper(Q(handled=True) | Q(discarded=True), output_field=BooleanField()))
+
+
+def dead_letter_groups() -> list[dict]:
+    """Unresolved dead letters by consumer queue and exception type: count and oldest, largest first."""
+    return list(
+        dead_letters_annotated()
+        .filter(resolved=False)
+        .values("queue_name", "exception_type")
+        .annotate(count=Count("pk"), oldest=Min("date_done"))
+        .order_by("-count", "oldest")
+    )
+
+
+def dead_letters_in_group(*, queue: str | None, exception_type: str | None) -> QuerySet[DeadLetter]:
+    """The unresolved dead letters of one group of `dead_letter_groups` (None: the value is missing)."""
+    letters = dead_letters_annotated().filter(resolved=False)
+    letters = letters.filter(queue_name=queue) if queue else letters.filter(queue_name__isnull=True)
+    if exception_type:
+        return letters.filter(exception_type=exception_type)
+    return letters.filter(exception_type__isnull=True)
+
+
+def dead_letter_unresolved_exists(*, order_id: Expression | OuterRef) -> Exists:
+    """An expression: the order `order_id` (e.g. an OuterRef to an order's id) has an unresolved dead letter."""
+    return Exists(dead_letters_annotated().filter(resolved=False, order_id=Cast(order_id, CharField())))
 
 
 def failure_summary(failure: DeadLetter) -> str:
@@ -96,12 +205,11 @@ def failure_attempts(failure: DeadLetter) -> int | None:
 
 
 def dead_letter_resolved(failure: DeadLetter) -> bool:
-    """A dead letter is resolved once its consumer handled the event (after a replay)."""
-    event_id = dead_letter_event_id(failure)
-    return bool(event_id) and ProcessedEvent.objects.filter(consumer=failure.task_name, event_id=event_id).exists()
+    """A dead letter is resolved once its consumer handled the event (after a replay) or it was discarded."""
+    return dead_letters_annotated().filter(pk=failure.pk, resolved=True).exists()
 
 
-def dead_letter_event_id(failure: DeadLetter) -> str | None:
+def dead_letter_event_id(failure: TaskResult) -> str | None:
     return (dead_letter_envelope(failure) or {}).get("event_id")
 
 
@@ -131,7 +239,7 @@ def outbox_unpublished() -> OutboxUnpublished:
 
 
 def dead_letters_unresolved() -> list[DeadLetter]:
-    return [failure for failure in DeadLetter.objects.all() if not dead_letter_resolved(failure)]
+    return list(dead_letters_annotated().filter(resolved=False))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def test_order_page_shows_history_and_status_is_read_only(operator, user):
     failed_task(str(order.id))
     page = operator.get(f"/admin/orders/order/{order.id}/change/").content.decode()
     assert "recorded orders.order.created v1" in page
-    assert "failed for good (dead letter)" in page
+    assert "failed for good after 6 attempts (dead letter)" in page
     assert 'name="status"' not in page
 
 

@@ -10,22 +10,26 @@ import sys
 import uuid
 from pathlib import Path
 
+import amqp
 import pytest
 from amqp.exceptions import AccessRefused, NotFound
 from kombu import Connection
 
 from ordering import catalogue
+from ordering.messaging.replay import ReplayCriteria, dead_letters_discard, dead_letters_replay
 from orders.models import Order
 from tests.conftest import make_order
 from tests.integration.conftest import process_env
 from tests.integration.test_watchdog import stuck_order
 from tests.isolation import VHOST
+from tests.messaging.conftest import drain
+from tests.messaging.test_replay import put_dead_letter
 from tests.processes import ProcessGroup, wait_until
 from tests.services import rabbitmqctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-ROLES = ("topology", "relay", "billing", "orders", "flower")
+ROLES = ("topology", "relay", "billing", "orders", "flower", "console")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -83,6 +87,8 @@ def test_the_pipeline_runs_with_each_process_on_its_own_least_privilege_user(bro
         ("billing", catalogue.MAINTENANCE_QUEUE),
         ("relay", catalogue.MAINTENANCE_QUEUE),
         ("billing", catalogue.dead_letter_queue(catalogue.BILLING_QUEUE)),
+        ("console", catalogue.BILLING_QUEUE),
+        ("console", catalogue.ORDERS_QUEUE),
     ],
 )
 def test_a_process_cannot_read_a_queue_that_is_not_its_own(broker, users, role, queue):
@@ -100,3 +106,31 @@ def test_the_relay_cannot_declare_or_delete_anything(broker, users):
         conn.channel().queue_declare(catalogue.BILLING_QUEUE, passive=True)
         with pytest.raises(NotFound):
             conn.channel().queue_declare("no-such-queue", passive=True)
+
+
+def test_the_admin_console_replays_and_discards_on_its_own_user(broker, users, settings):
+    """web's REPLAY_BROKER_URL user: it takes dead letters from a DLQ and puts them back on their queue."""
+    settings.MESSAGING = {**settings.MESSAGING, "REPLAY_BROKER_URL": users["console"], "DECLARE_TOPOLOGY": False}
+    to_replay, to_discard = put_dead_letter(broker), put_dead_letter(broker, queue=catalogue.ORDERS_QUEUE)
+    summary, _ = dead_letters_replay(criteria=ReplayCriteria(task_ids=frozenset({to_replay})), actor="test")
+    assert ([letter.task_id for letter in summary.replayed], summary.failed) == ([to_replay], [])
+    summary, _ = dead_letters_discard(criteria=ReplayCriteria(task_ids=frozenset({to_discard})), actor="t", reason="r")
+    assert [letter.task_id for letter in summary.discarded] == [to_discard]
+    assert [message.headers["id"] for message in drain(broker, catalogue.BILLING_QUEUE)] == [to_replay]
+    for queue in (*catalogue.CONSUMER_QUEUES, *map(catalogue.dead_letter_queue, catalogue.CONSUMER_QUEUES)):
+        if queue != catalogue.BILLING_QUEUE:
+            assert drain(broker, queue) == [], queue
+
+
+def test_the_admin_console_cannot_publish_events_or_declare_anything(broker, users):
+    with Connection(users["console"]) as conn:
+        channel = conn.channel()
+        channel.basic_publish(
+            amqp.Message(b"{}"), exchange=catalogue.EVENTS_EXCHANGE, routing_key=catalogue.BILLING_QUEUE
+        )
+        with pytest.raises(AccessRefused):
+            channel.queue_declare(catalogue.BILLING_QUEUE, passive=True)  # the refused publish surfaces here
+        with pytest.raises(AccessRefused):
+            conn.channel().queue_declare("anything", durable=True)
+        with pytest.raises(AccessRefused):
+            conn.channel().queue_delete(catalogue.dead_letter_queue(catalogue.BILLING_QUEUE))

@@ -5,6 +5,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from amqp.exceptions import AccessRefused
 from django.core.management.base import CommandError
 from django.utils import timezone
 from django_celery_results.models import TaskResult
@@ -12,6 +13,7 @@ from kombu import Producer
 
 from ordering import catalogue
 from ordering.messaging import replay as replay_module
+from ordering.messaging.models import DeadLetterAction
 from ordering.messaging.replay import REPLAY_COUNT_HEADER
 from tests.commands import command_output
 from tests.messaging.conftest import drain
@@ -178,7 +180,7 @@ def test_one_message_that_cannot_go_back_fails_alone(broker, monkeypatch):
     put_dead_letter(broker)
     put_dead_letter(broker, origin=catalogue.ORDERS_QUEUE)  # its way back is gone
     put_dead_letter(broker)
-    monkeypatch.setattr(replay_module, "declare_topology", lambda connection: None)
+    monkeypatch.setattr(replay_module, "ensure_topology", lambda connection: None)
     broker.default_channel.queue_delete(catalogue.ORDERS_QUEUE)
     with pytest.raises(CommandError, match="1 dead letters could not be replayed"):
         replay("--queue", catalogue.BILLING_QUEUE)
@@ -189,7 +191,7 @@ def test_one_message_that_cannot_go_back_fails_alone(broker, monkeypatch):
 
 def test_replay_to_a_missing_queue_keeps_the_dead_letter(broker, monkeypatch):
     put_dead_letter(broker)
-    monkeypatch.setattr(replay_module, "declare_topology", lambda connection: None)
+    monkeypatch.setattr(replay_module, "ensure_topology", lambda connection: None)
     broker.default_channel.queue_delete(catalogue.BILLING_QUEUE)
     with pytest.raises(CommandError, match="could not be replayed"):
         replay()
@@ -223,3 +225,48 @@ def test_json_output_carries_every_dead_letter_and_the_counts(broker):
     assert document["counts"] == {"would_replay": 1, "skipped": 0, "failed": 0}
     [row] = document["dead_letters"]
     assert (row["task_id"], row["action"], row["origin_queue"]) == (task_id, "would replay", catalogue.BILLING_QUEUE)
+
+
+def test_task_ids_replay_only_those_letters_and_others_are_neither_touched_nor_reported(broker):
+    wanted, other = put_dead_letter(broker), put_dead_letter(broker)
+    summary, action = replay_module.dead_letters_replay(
+        criteria=replay_module.ReplayCriteria(task_ids=frozenset({wanted})), actor="test", reason="why"
+    )
+    assert [letter.task_id for letter in summary.replayed] == [wanted]
+    assert summary.skipped == []
+    assert [message.headers["id"] for message in drain(broker, catalogue.BILLING_QUEUE)] == [wanted]
+    assert [message.headers["id"] for message in drain(broker, BILLING_DLQ)] == [other]
+    assert (action.action, action.replayed, action.skipped, action.reason) == ("replay", 1, 0, "why")
+    assert action.criteria["task_ids"] == [wanted]
+
+
+def test_discard_takes_the_letters_from_the_dlq_without_republishing_and_needs_a_reason(broker):
+    # A malformed one can be discarded too (it can never be replayed).
+    doomed = put_dead_letter(broker, headers={"x-death": "garbage"})
+    kept = put_dead_letter(broker)
+    criteria = replay_module.ReplayCriteria(task_ids=frozenset({doomed}))
+    with pytest.raises(ValueError, match="reason"):
+        replay_module.dead_letters_discard(criteria=criteria, actor="test", reason=" ")
+    summary, action = replay_module.dead_letters_discard(criteria=criteria, actor="test", reason="poison")
+    assert [letter.task_id for letter in summary.discarded] == [doomed]
+    assert [message.headers["id"] for message in drain(broker, BILLING_DLQ)] == [kept]
+    assert drain(broker, catalogue.BILLING_QUEUE) == []
+    assert list(action.outcomes.values_list("task_id", "result")) == [(doomed, "discarded")]
+
+
+def test_the_command_is_audited_with_what_it_did_and_a_dry_run_is_not(broker):
+    task_id = put_dead_letter(broker, replays=5)
+    replay("--dry-run")
+    assert not DeadLetterAction.objects.exists()
+    replay("--reason", "gateway fixed")
+    action = DeadLetterAction.objects.get()
+    assert action.actor.startswith("replay_dead_letters")
+    assert (action.action, action.replayed, action.skipped, action.reason) == ("replay", 0, 1, "gateway fixed")
+    assert list(action.outcomes.values_list("task_id", "result")) == [(task_id, "skipped")]
+
+
+def test_a_replay_the_broker_refuses_is_recorded_with_the_error(broker, settings):
+    settings.MESSAGING = {**settings.MESSAGING, "REPLAY_BROKER_URL": "amqp://nobody:wrong@127.0.0.1:5672//"}
+    with pytest.raises(AccessRefused):
+        replay_module.dead_letters_replay(criteria=replay_module.ReplayCriteria(), actor="test")
+    assert "AccessRefused" in DeadLetterAction.objects.get().error

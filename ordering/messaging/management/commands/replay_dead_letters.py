@@ -1,5 +1,6 @@
 """Put dead letters back on the queue they came from."""
 
+import getpass
 import json
 from collections import Counter
 from datetime import timedelta
@@ -9,9 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from ordering import catalogue
-from ordering.celery import app
-from ordering.messaging.publisher import connection_for_confirmed_batches
-from ordering.messaging.replay import DeadLetterMessage, ReplayCriteria, replay_dead_letters
+from ordering.messaging.replay import DeadLetterMessage, ReplayCriteria, dead_letters_replay
 from ordering.messaging.selectors import dead_letter_failures
 
 
@@ -35,6 +34,7 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="show what would be replayed and why each failed; move nothing"
         )
         parser.add_argument("--json", action="store_true", help="print the dead letters and counts as JSON")
+        parser.add_argument("--reason", default="", help="why, for the audit record (Messaging > dead-letter actions)")
         parser.add_argument("--reset-retries", action="store_true", help="give each task its full retry budget back")
         parser.add_argument("--force", action="store_true", help="replay even messages replayed too often already")
         parser.add_argument(
@@ -58,9 +58,9 @@ class Command(BaseCommand):
             max_replays=options["max_replays"],
         )
         reports: list[tuple[str, DeadLetterMessage, str]] = []
-        with connection_for_confirmed_batches(app) as connection:
-            connection.ensure_connection(max_retries=3)
-            summary = replay_dead_letters(connection, criteria, report=lambda *r: reports.append(r))
+        summary, _ = dead_letters_replay(
+            criteria=criteria, actor=_command_actor(), reason=options["reason"], report=lambda *r: reports.append(r)
+        )
         rows = _rows(reports)
         counts = {
             "would_replay" if criteria.dry_run else "replayed": len(summary.replayed),
@@ -95,6 +95,13 @@ class Command(BaseCommand):
             for (queue, cause), count in sorted(causes.items(), key=lambda item: -item[1]):
                 self.stdout.write(f"  {count:>6}  {queue:<15} {cause}")
         self.stdout.write(", ".join(f"{name.replace('_', ' ')} {count}" for name, count in counts.items()))
+
+
+def _command_actor() -> str:
+    try:
+        return f"replay_dead_letters ({getpass.getuser()})"
+    except (KeyError, OSError):  # no name for this uid, e.g. in a container
+        return "replay_dead_letters"
 
 
 def _rows(reports: list[tuple[str, DeadLetterMessage, str]]) -> list[dict]:
