@@ -1,6 +1,9 @@
 """Request middleware of the web process."""
 
+import contextlib
+
 from django.http import HttpRequest, HttpResponse
+from log_request_id import local
 from log_request_id.middleware import RequestIDMiddleware
 
 from ordering.logging import ORDER_ID_ENVIRON_KEY
@@ -18,7 +21,13 @@ class CorrelationIdMiddleware(RequestIDMiddleware):
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         with handling_request() as fields:
-            response = super().__call__(request)
+            try:
+                response = super().__call__(request)
+            finally:
+                # django-log-request-id forgets the id on request_finished, which fires only when
+                # the server closes the response: a caller that never does (a WSGI test harness)
+                # would leave it on every later line of this thread.
+                _forget_request_id()
         if order_id := fields.get("order_id"):
             request.META[ORDER_ID_ENVIRON_KEY] = order_id
         return response
@@ -26,3 +35,8 @@ class CorrelationIdMiddleware(RequestIDMiddleware):
     def _get_request_id(self, request: HttpRequest) -> str:
         sent = request.META.get(self.request_id_header, "")
         return sent if CORRELATION_ID_PATTERN.fullmatch(sent) else self._generate_id()
+
+
+def _forget_request_id() -> None:
+    with contextlib.suppress(AttributeError):  # already forgotten
+        del local.request_id

@@ -26,7 +26,9 @@ def main() -> int:
   Ordering is up.
   API          {base}/api/orders/
   API docs     {base}/api/docs/
-  Admin        {base}/admin/
+  Admin        {base}/admin/   (Messaging > Dead letters: replay failed orders)
+  Metrics      {base}/metrics; relay :9103, billing :9101, orders :9102 (/metrics)
+  Health       {base}/health/ready
   Login/token  in another terminal: make demo-user PORT={port}   (user demo / demo-password)
   Stop         Ctrl-C (warm shutdown: running tasks finish first)
   ------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ queues only); the relay and the workers run with BROKER_DECLARE_TOPOLOGY=false a
   dead-letter queue, nor declare, bind or delete any of the system's exchanges and queues. The
   orders worker reads the maintenance queue (ordering.maintenance) too: it runs beat's periodic jobs.
 - flower: task events (celeryev) and remote control only.
-- console: the admin's replay and discard (web's REPLAY_BROKER_URL; also what `replay_dead_letters`
-  uses in the web container): read on the dead-letter queues (it takes their messages) and write on
-  the default exchange (amq.default: a replayed message goes straight back to the queue that rejected
-  it). It cannot read a consumer queue, publish to ordering.events, or declare or delete anything.
-  web has no other broker user.
+- console: web's user, for the admin's replay and discard (also what `replay_dead_letters` uses in
+  the web container): read on the dead-letter queues (it takes their messages) and write on the
+  default exchange (amq.default: a replayed message goes straight back to the queue that rejected
+  it). It cannot read a consumer queue, publish to ordering.events, or declare or delete anything;
+  /health/ready's passive checks of the consumer queues need no permission.
 
     python -m scripts.rabbitmq_users                       # management API (RABBITMQ_API, RABBITMQ_ADMIN_*)
     python -m scripts.rabbitmq_users --rabbitmqctl --vhost V --user-prefix P   # the same table via rabbitmqctl

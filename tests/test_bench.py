@@ -20,7 +20,9 @@ def test_the_benchmark_runs_a_step_and_reports_it(tmp_path: Path) -> None:
     assert "| offered/s |" in result.stdout
     [step] = json.loads((out / "result.json").read_text())["steps"]
     assert step["orders"] == step["accepted"] == step["finished"] == 10
-    assert {"web", "relay", "billing", "orders", "postgresql", "rabbitmq"} <= set(step["cpu_ms_per_order"])
-    assert all(value > 0 for value in step["cpu_ms_per_order"].values())
+    on_the_order_path = {"web", "relay", "billing", "orders", "postgresql", "rabbitmq"}
+    assert on_the_order_path <= set(step["cpu_ms_per_order"])
+    # beat (periodic jobs) may well spend nothing measurable in a 2 s step.
+    assert all(step["cpu_ms_per_order"][kind] > 0 for kind in on_the_order_path)
     assert (out / "bench.png").stat().st_size > 0
     assert (out / "table.md").read_text().startswith("`python -m tests.bench")

@@ -10,15 +10,17 @@ from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
+from django.http import HttpResponse
 from gunicorn.glogging import SafeAtoms
 
 from ordering import catalogue
 from ordering.celery import app
 from ordering.logging import ORDER_ID_ENVIRON_KEY
 from ordering.messaging.consumer import Delivery
-from ordering.messaging.context import concerns_order, handling_event, handling_request
+from ordering.messaging.context import concerns_order, current_correlation_id, handling_event, handling_request
 from ordering.messaging.envelope import Envelope
 from ordering.messaging.relay import task_message
+from ordering.middleware import CorrelationIdMiddleware
 
 ORDER_ID = "4242"
 CORRELATION_ID = "corr-log-1"
@@ -174,3 +176,15 @@ def test_web_leaves_the_created_order_in_the_environ_for_the_access_line(api_cli
     assert response.wsgi_request.META[ORDER_ID_ENVIRON_KEY] == str(response.json()["id"])
     listing = api_client.get("/api/orders/")
     assert ORDER_ID_ENVIRON_KEY not in listing.wsgi_request.META
+
+
+def test_a_request_leaves_no_correlation_id_behind_even_if_its_response_is_never_closed(rf):
+    # The server closes a response (request_finished); a harness that does not must not leak the
+    # id onto every later line of the thread.
+    def view(request):
+        assert current_correlation_id() == CORRELATION_ID
+        return HttpResponse("ok")
+
+    response = CorrelationIdMiddleware(view)(rf.get("/", HTTP_X_CORRELATION_ID=CORRELATION_ID))
+    assert response["X-Correlation-ID"] == CORRELATION_ID
+    assert current_correlation_id() == ""

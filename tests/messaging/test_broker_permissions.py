@@ -13,9 +13,12 @@ from pathlib import Path
 import amqp
 import pytest
 from amqp.exceptions import AccessRefused, NotFound
+from health_check.exceptions import ServiceUnavailable
 from kombu import Connection
 
 from ordering import catalogue
+from ordering.celery import app
+from ordering.health import ConsumerQueues
 from ordering.messaging.replay import ReplayCriteria, dead_letters_discard, dead_letters_replay
 from orders.models import Order
 from tests.conftest import make_order
@@ -120,6 +123,23 @@ def test_the_admin_console_replays_and_discards_on_its_own_user(broker, users, s
     for queue in (*catalogue.CONSUMER_QUEUES, *map(catalogue.dead_letter_queue, catalogue.CONSUMER_QUEUES)):
         if queue != catalogue.BILLING_QUEUE:
             assert drain(broker, queue) == [], queue
+
+
+def test_web_is_ready_on_the_console_user_once_consumers_are_there(broker, users):
+    """web's /health/ready looks at every consumer queue on its broker user (compose: the console user)."""
+    previous = app.conf.broker_url
+    app.conf.broker_url = users["console"]
+    try:
+        # It could look (no AccessRefused): what it finds is that no worker consumes here.
+        with pytest.raises(ServiceUnavailable, match="no consumer on " + ", ".join(catalogue.CONSUMER_QUEUES)):
+            ConsumerQueues().run()
+        with Connection(broker.as_uri(include_password=True)) as conn:
+            channels = [conn.channel() for _ in catalogue.CONSUMER_QUEUES]
+            for channel, queue in zip(channels, catalogue.CONSUMER_QUEUES, strict=True):
+                channel.basic_consume(queue, callback=lambda message: None)
+            ConsumerQueues().run()
+    finally:
+        app.conf.broker_url = previous
 
 
 def test_the_admin_console_cannot_publish_events_or_declare_anything(broker, users):
