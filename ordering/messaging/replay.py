@@ -187,17 +187,7 @@ def _discard_queue(
 ) -> None:
     channel = connection.channel()
     try:
-        dlq = dead_letter_queue(queue).bind(channel)
-        _, present, _ = dlq.queue_declare(passive=True)
-        for _ in range(present):
-            if criteria.limit is not None and len(summary.discarded) >= criteria.limit:
-                break
-            if _all_found(criteria, summary):
-                break
-            message = dlq.get(no_ack=False, accept=None)
-            if message is None:
-                break
-            letter = DeadLetterMessage.from_message(dlq.name, message)
+        for message, letter in _dead_letters(channel, queue, criteria, summary, taken=lambda: len(summary.discarded)):
             # A malformed message may be discarded (that is often why): only the filters apply.
             why_not = _not_selected(letter, criteria)
             if why_not:
@@ -211,6 +201,33 @@ def _discard_queue(
             report("discarded", letter, "")
     finally:
         channel.close()
+
+
+def _dead_letters(
+    channel: Any,
+    queue: str,
+    criteria: ReplayCriteria,
+    summary: ReplaySummary,
+    *,
+    taken: Callable[[], int],
+    pending: Callable[[], Iterable[DeadLetterMessage]] = tuple,
+) -> Iterator[tuple[Message, DeadLetterMessage]]:
+    """The messages of `queue`'s DLQ present now, unacked, each with what its headers say.
+
+    Stops at the criteria's limit (`taken()` of them taken so far), once every task id asked for
+    was found, or when the DLQ is empty.
+    """
+    dlq = dead_letter_queue(queue).bind(channel)
+    _, present, _ = dlq.queue_declare(passive=True)
+    for _ in range(present):
+        if criteria.limit is not None and taken() >= criteria.limit:
+            return
+        if _all_found(criteria, summary, pending()):
+            return
+        message = dlq.get(no_ack=False, accept=None)
+        if message is None:
+            return
+        yield message, DeadLetterMessage.from_message(dlq.name, message)
 
 
 def _all_found(criteria: ReplayCriteria, summary: ReplaySummary, pending: Iterable[DeadLetterMessage] = ()) -> bool:
@@ -231,18 +248,16 @@ def _replay_queue(
     channel = connection.channel()
     publisher = ConfirmedPublisher(connection, confirm_timeout=settings.MESSAGING["RELAY_CONFIRM_TIMEOUT_SECONDS"])
     try:
-        dlq = dead_letter_queue(queue).bind(channel)
-        _, present, _ = dlq.queue_declare(passive=True)
         batch: list[tuple[Message, DeadLetterMessage]] = []
-        for _ in range(present):
-            if criteria.limit is not None and len(summary.replayed) + len(batch) >= criteria.limit:
-                break
-            if _all_found(criteria, summary, (letter for _, letter in batch)):
-                break
-            message = dlq.get(no_ack=False, accept=None)
-            if message is None:
-                break
-            letter = DeadLetterMessage.from_message(dlq.name, message)
+        letters = _dead_letters(
+            channel,
+            queue,
+            criteria,
+            summary,
+            taken=lambda: len(summary.replayed) + len(batch),
+            pending=lambda: (letter for _, letter in batch),
+        )
+        for message, letter in letters:
             if criteria.task_ids is not None and letter.task_id not in criteria.task_ids:
                 continue  # not asked for, not reported: left unacked, back in the DLQ at the end
             why_not = _reason_to_skip(letter, criteria)
