@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from billing.models import Payment, SimulatedCharge, SimulatedGatewayOutage
+from billing.models import Payment, SimulatedCharge, SimulatedGatewayOutage, SimulatedRefund
 from ordering.messaging.admin import ReadOnlyAdmin
 
 
@@ -29,6 +29,15 @@ class SimulatedChargeAdmin(ReadOnlyAdmin):
     search_fields = ["idempotency_key", "reference"]
 
 
+@admin.register(SimulatedRefund)
+class SimulatedRefundAdmin(ReadOnlyAdmin):
+    list_display = ["reference", "idempotency_key", "charge", "amount", "currency", "succeeded", "created_at"]
+    list_filter = ["succeeded"]
+    search_fields = ["idempotency_key", "reference", "charge__reference"]
+    list_select_related = ["charge"]
+
+
 @admin.register(SimulatedGatewayOutage)
 class SimulatedGatewayOutageAdmin(admin.ModelAdmin):
-    list_display = ["until", "note", "created_at"]
+    list_display = ["operation", "until", "note", "created_at"]
+    list_filter = ["operation"]

@@ -1,8 +1,8 @@
-"""Payment gateways: the interface billing charges through, and the simulated default.
+"""Payment gateways: the interface billing charges and refunds through, and the simulated default.
 
-A gateway must honour the idempotency key: charging the same key again returns the first
-result and never charges twice. That is what makes a crash between "charged" and "recorded"
-safe: the retry charges with the same key.
+A gateway must honour the idempotency key: charging (or refunding) the same key again returns the
+first result and never moves money twice. That is what makes a crash between "charged" and
+"recorded" safe: the retry charges with the same key.
 """
 
 import time
@@ -35,9 +35,24 @@ class ChargeResult:
     decline_reason: str = ""
 
 
+@dataclass(frozen=True)
+class RefundResult:
+    succeeded: bool
+    reference: str
+    failure_reason: str = ""
+
+
 class PaymentGateway(Protocol):
     def charge(self, *, idempotency_key: str, amount: Decimal, currency: str, buyer: str) -> ChargeResult:
         """Charge once per idempotency key; raise a TransientError when the outcome is unknown."""
+        ...
+
+    def refund(self, *, idempotency_key: str, charge_reference: str, amount: Decimal, currency: str) -> RefundResult:
+        """Refund the charge `charge_reference` in full, once per idempotency key.
+
+        A refund the gateway refuses (no such charge, a declined charge, another amount, already
+        refunded) is a result, not an error; raise a TransientError when the outcome is unknown.
+        """
         ...
 
 
@@ -54,21 +69,16 @@ def get_gateway() -> PaymentGateway:
 class SimulatedGateway:
     """A stand-in payment provider with its own ledger (SimulatedCharge).
 
-    Behaviour, from settings: SIMULATED_GATEWAY_LATENCY_MS per charge; charges above
-    SIMULATED_GATEWAY_DECLINE_ABOVE are declined; while a SimulatedGatewayOutage is active
-    (`manage.py gateway_outage`), every charge raises GatewayUnavailable.
+    Behaviour, from settings: SIMULATED_GATEWAY_LATENCY_MS per request; charges above
+    SIMULATED_GATEWAY_DECLINE_ABOVE are declined; while a SimulatedGatewayOutage of charges or of
+    refunds is active (`manage.py gateway_outage [--refunds]`), every such request raises
+    GatewayUnavailable. Refunds are recorded in SimulatedRefund.
     """
 
     def charge(self, *, idempotency_key: str, amount: Decimal, currency: str, buyer: str) -> ChargeResult:
-        from billing.models import SimulatedCharge, SimulatedGatewayOutage
+        from billing.models import GatewayOperation, SimulatedCharge
 
-        if connection.in_atomic_block:
-            # A real provider is another system: its ledger commits on its own, never inside
-            # (and never rolled back with) billing's transaction.
-            raise RuntimeError("the payment gateway must not be called inside a database transaction")
-        latency_ms = settings.SIMULATED_GATEWAY_LATENCY_MS
-        if latency_ms:
-            time.sleep(latency_ms / 1000)
+        _as_another_system()
         declined = amount > settings.SIMULATED_GATEWAY_DECLINE_ABOVE
         with connection.cursor() as cursor:
             # One statement, committed on its own (autocommit): charges the key unless the gateway
@@ -87,10 +97,48 @@ class SimulatedGateway:
             charged = cursor.fetchone()
         if charged is not None:
             return ChargeResult(*charged)
-        if SimulatedGatewayOutage.objects.filter(until__gt=timezone.now()).exists():
-            raise GatewayUnavailable("simulated gateway outage")
+        _raise_if_down(GatewayOperation.CHARGE)
         existing = SimulatedCharge.objects.get(idempotency_key=idempotency_key)  # charged before: same result
         return ChargeResult(existing.succeeded, existing.reference, existing.decline_reason)
+
+    def refund(self, *, idempotency_key: str, charge_reference: str, amount: Decimal, currency: str) -> RefundResult:
+        from billing.models import GatewayOperation, SimulatedCharge, SimulatedRefund
+
+        _as_another_system()
+        with connection.cursor() as cursor:
+            # One statement, committed on its own: refunds the charge unless the gateway is down,
+            # the key was used before or the charge was refunded already (then nothing is inserted).
+            cursor.execute(
+                _refund_sql(),
+                [idempotency_key, amount, currency, f"sim_re_{uuid.uuid4().hex[:17]}", charge_reference],
+            )
+            refunded = cursor.fetchone()
+        if refunded is not None:
+            return RefundResult(*refunded)
+        _raise_if_down(GatewayOperation.REFUND)
+        existing = SimulatedRefund.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:  # refunded before under this key: same result
+            return RefundResult(existing.succeeded, existing.reference, existing.failure_reason)
+        if not SimulatedCharge.objects.filter(reference=charge_reference).exists():
+            return RefundResult(False, "", "no such charge")
+        return RefundResult(False, "", "the charge was refunded already")
+
+
+def _as_another_system() -> None:
+    if connection.in_atomic_block:
+        # A real provider is another system: its ledger commits on its own, never inside
+        # (and never rolled back with) billing's transaction.
+        raise RuntimeError("the payment gateway must not be called inside a database transaction")
+    latency_ms = settings.SIMULATED_GATEWAY_LATENCY_MS
+    if latency_ms:
+        time.sleep(latency_ms / 1000)
+
+
+def _raise_if_down(operation: str) -> None:
+    from billing.models import SimulatedGatewayOutage
+
+    if SimulatedGatewayOutage.objects.filter(operation=operation, until__gt=timezone.now()).exists():
+        raise GatewayUnavailable(f"simulated gateway outage ({operation}s)")
 
 
 @cache
@@ -101,7 +149,37 @@ def _charge_sql() -> str:
         INSERT INTO {SimulatedCharge._meta.db_table}
                (idempotency_key, amount, currency, succeeded, reference, decline_reason, created_at)
         SELECT %s, %s::numeric, %s, %s, %s, %s, now()
-         WHERE NOT EXISTS (SELECT 1 FROM {SimulatedGatewayOutage._meta.db_table} WHERE until > now())
+         WHERE NOT EXISTS (
+               SELECT 1 FROM {SimulatedGatewayOutage._meta.db_table} WHERE operation = 'charge' AND until > now()
+         )
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING succeeded, reference, decline_reason
+    """
+
+
+@cache
+def _refund_sql() -> str:
+    from billing.models import SimulatedCharge, SimulatedGatewayOutage, SimulatedRefund
+
+    # Parameters: key, amount, currency, reference, the charge's reference. Refused (recorded,
+    # succeeded false): a declined charge, another amount or currency. Not inserted at all: an
+    # unknown charge, a key used before, a charge refunded already (the partial unique index).
+    return f"""
+        INSERT INTO {SimulatedRefund._meta.db_table}
+               (idempotency_key, charge_id, amount, currency, succeeded, reference, failure_reason, created_at)
+        SELECT r.key, c.id, r.amount, r.currency,
+               c.succeeded AND c.amount = r.amount AND c.currency = r.currency,
+               r.reference,
+               CASE WHEN NOT c.succeeded THEN 'the charge was declined'
+                    WHEN c.amount <> r.amount OR c.currency <> r.currency
+                    THEN 'a refund must be of the whole charge, in its currency'
+                    ELSE '' END,
+               now()
+          FROM (SELECT %s AS key, %s::numeric AS amount, %s::varchar AS currency, %s AS reference) AS r
+          JOIN {SimulatedCharge._meta.db_table} AS c ON c.reference = %s
+         WHERE NOT EXISTS (
+               SELECT 1 FROM {SimulatedGatewayOutage._meta.db_table} WHERE operation = 'refund' AND until > now()
+         )
+        ON CONFLICT DO NOTHING
+        RETURNING succeeded, reference, failure_reason
     """

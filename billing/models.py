@@ -196,10 +196,45 @@ class SimulatedCharge(models.Model):
         return f"{self.reference} {self.amount} {self.currency} {'ok' if self.succeeded else 'declined'}"
 
 
+class SimulatedRefund(models.Model):
+    """The simulated gateway's ledger of refunds: each of one charge, at most one per idempotency key.
+
+    A refund succeeds only for a successful charge, of its whole amount and currency, and a charge
+    is refunded successfully at most once (whatever the key): what a provider guarantees and what
+    the saga's ledger checks.
+    """
+
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    charge = models.ForeignKey(SimulatedCharge, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    succeeded = models.BooleanField()
+    reference = models.CharField(max_length=100, unique=True)
+    failure_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["charge"], condition=models.Q(succeeded=True), name="simulated_refund_once_per_charge"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reference} {self.amount} {self.currency} {'ok' if self.succeeded else 'refused'}"
+
+
+class GatewayOperation(models.TextChoices):
+    CHARGE = "charge", "Charges"
+    REFUND = "refund", "Refunds"
+
+
 class SimulatedGatewayOutage(models.Model):
-    """While now < until, the simulated gateway answers every charge with a transient error."""
+    """While now < until, the simulated gateway answers every request of `operation` with a transient error."""
 
     until = models.DateTimeField()
+    operation = models.CharField(max_length=10, choices=GatewayOperation.choices, default=GatewayOperation.CHARGE)
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -207,4 +242,4 @@ class SimulatedGatewayOutage(models.Model):
         ordering = ["-until"]
 
     def __str__(self) -> str:
-        return f"outage until {self.until:%Y-%m-%d %H:%M:%S}"
+        return f"{self.operation} outage until {self.until:%Y-%m-%d %H:%M:%S}"
