@@ -178,25 +178,31 @@ _LOCK_CHARGING_SQL = f"""
 """
 
 
-class SimulatedCharge(models.Model):
-    """The simulated gateway's ledger: what a real payment provider would store on its side."""
+class SimulatedGatewayEntry(models.Model):
+    """What the simulated gateway records of each request it took, as a real provider would on its side."""
 
     idempotency_key = models.CharField(max_length=100, unique=True)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     currency = models.CharField(max_length=3)
     succeeded = models.BooleanField()
     reference = models.CharField(max_length=100, unique=True)
-    decline_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at"]
+
+
+class SimulatedCharge(SimulatedGatewayEntry):
+    """The simulated gateway's ledger of charges: at most one per idempotency key."""
+
+    decline_reason = models.CharField(max_length=200, blank=True)
 
     def __str__(self) -> str:
         return f"{self.reference} {self.amount} {self.currency} {'ok' if self.succeeded else 'declined'}"
 
 
-class SimulatedRefund(models.Model):
+class SimulatedRefund(SimulatedGatewayEntry):
     """The simulated gateway's ledger of refunds: each of one charge, at most one per idempotency key.
 
     A refund succeeds only for a successful charge, of its whole amount and currency, and a charge
@@ -204,17 +210,10 @@ class SimulatedRefund(models.Model):
     the saga's ledger checks.
     """
 
-    idempotency_key = models.CharField(max_length=100, unique=True)
     charge = models.ForeignKey(SimulatedCharge, on_delete=models.PROTECT, related_name="refunds")
-    amount = models.DecimalField(max_digits=14, decimal_places=2)
-    currency = models.CharField(max_length=3)
-    succeeded = models.BooleanField()
-    reference = models.CharField(max_length=100, unique=True)
     failure_reason = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(SimulatedGatewayEntry.Meta):
         constraints = [
             models.UniqueConstraint(
                 fields=["charge"], condition=models.Q(succeeded=True), name="simulated_refund_once_per_charge"
