@@ -3,22 +3,26 @@ its dead letters; nothing is editable (orders change only through services)."""
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from ordering.messaging.admin import REPLAY_PERMISSION, replay_and_report
 from ordering.messaging.replay import ReplayCriteria
 from ordering.messaging.selectors import HistoryEntry, dead_letter_unresolved_exists, event_history
-from orders.models import Order
-from orders.selectors import order_list_stuck
+from orders.models import Order, OrderStatus
+from orders.selectors import order_list_stuck, order_list_stuck_classified
 
-# PENDING longer than this is stuck (check_pipeline's default too).
-STUCK_AFTER = timedelta(minutes=5)
+
+def stuck_after() -> timedelta:
+    """PENDING longer than this is stuck: the watchdog's threshold, check_pipeline's and the metric's."""
+    return timedelta(seconds=settings.WATCHDOG["STUCK_AFTER_SECONDS"])
 
 
 class ProblemFilter(admin.SimpleListFilter):
@@ -28,7 +32,7 @@ class ProblemFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin) -> list[tuple[str, str]]:
         return [
             ("dead_lettered", "Dead-lettered (unresolved dead letter)"),
-            ("stuck", f"Stuck (PENDING over {STUCK_AFTER.total_seconds() / 60:g} min)"),
+            ("stuck", f"Stuck (PENDING over {stuck_after().total_seconds() / 60:g} min)"),
         ]
 
     def queryset(self, request, queryset: QuerySet) -> QuerySet:
@@ -51,7 +55,7 @@ class OrderAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
     fieldsets = [
-        (None, {"fields": ["id", "status", "status_reason", "owner", "correlation_id"]}),
+        (None, {"fields": ["id", "status", "status_reason", "pipeline", "owner", "correlation_id"]}),
         ("Order", {"fields": ["product_name", "quantity", "price", "currency", "buyer"]}),
         ("Outcome", {"fields": ["fraud_decision", "fraud_score", "fraud_reasons", "payment_reference"]}),
         ("History", {"fields": ["created_at", "updated_at", "history"]}),
@@ -63,7 +67,7 @@ class OrderAdmin(admin.ModelAdmin):
             .get_queryset(request)
             .annotate(
                 dead_lettered=dead_letter_unresolved_exists(order_id=OuterRef("pk")),
-                stuck=Exists(order_list_stuck(older_than=STUCK_AFTER).filter(pk=OuterRef("pk"))),
+                stuck=Exists(order_list_stuck(older_than=stuck_after()).filter(pk=OuterRef("pk"))),
             )
         )
 
@@ -88,6 +92,20 @@ class OrderAdmin(admin.ModelAdmin):
     @admin.display(description="stuck", boolean=True, ordering="stuck")
     def is_stuck(self, obj: Order) -> bool:
         return obj.stuck
+
+    @admin.display(description="where it is")
+    def pipeline(self, obj: Order) -> str:
+        """The watchdog's view of a stuck order: in flight, dead-lettered or missing, and why."""
+        if obj.status != OrderStatus.PENDING:
+            return "done"
+        pending = timezone.now() - obj.created_at
+        if pending <= stuck_after():
+            return f"on its way (PENDING for {pending.total_seconds():.0f} s)"
+        classified = order_list_stuck_classified(older_than=stuck_after(), order_ids=[str(obj.pk)])
+        if not classified:  # it moved on meanwhile
+            return "on its way"
+        stuck = classified[0]
+        return f"stuck for {pending.total_seconds() / 60:.0f} min, {stuck.state}: {stuck.detail}"
 
     @admin.display(description="event history")
     def history(self, obj: Order) -> str:
