@@ -81,3 +81,30 @@ class PaymentBlockedV1(DomainEvent):
 
     payment_id: str
     reasons: list
+
+
+# --- Cancellation: billing's answers to OrderCancelRequested ------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentVoided(DomainEvent):
+    """The order was cancelled before anything was charged; it never will be."""
+
+    event_type = catalogue.PAYMENT_VOIDED
+    version = 1
+
+    payment_id: str
+
+
+@dataclass(frozen=True)
+class PaymentRefunded(DomainEvent):
+    """The captured `amount` was refunded in full, once; the order's money is back with the buyer."""
+
+    event_type = catalogue.PAYMENT_REFUNDED
+    version = 1
+
+    payment_id: str
+    amount: str
+    currency: str
+    gateway_reference: str  # the charge refunded
+    refund_reference: str

@@ -6,7 +6,7 @@ from decimal import Decimal
 from django.db import connection, models
 from django.utils import timezone
 
-from billing.events import PaymentBlocked, PaymentCaptured, PaymentDeclined
+from billing.events import PaymentBlocked, PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentVoided
 from ordering.messaging.outbox import EventSourcedModel
 
 
@@ -16,9 +16,25 @@ class PaymentStatus(models.TextChoices):
     CAPTURED = "CAPTURED", "Captured"
     DECLINED = "DECLINED", "Declined"
     BLOCKED = "BLOCKED", "Blocked (fraud)"
+    # The order was canceled before anything was charged: a tombstone that a late OrderCreated
+    # finds (one payment per order), so it charges nothing.
+    VOIDED = "VOIDED", "Voided (canceled before payment)"
+    # Captured, and the order canceled: the refund is (or was) in flight under `refund_idempotency_key`.
+    REFUNDING = "REFUNDING", "Refunding"
+    REFUNDED = "REFUNDED", "Refunded"
 
 
-FINAL_PAYMENT_STATUSES = frozenset({PaymentStatus.CAPTURED, PaymentStatus.DECLINED, PaymentStatus.BLOCKED})
+# Nothing left to charge (the charging flow is over for the order).
+FINAL_PAYMENT_STATUSES = frozenset(
+    {
+        PaymentStatus.CAPTURED,
+        PaymentStatus.DECLINED,
+        PaymentStatus.BLOCKED,
+        PaymentStatus.VOIDED,
+        PaymentStatus.REFUNDING,
+        PaymentStatus.REFUNDED,
+    }
+)
 
 
 class Payment(EventSourcedModel):
@@ -32,6 +48,10 @@ class Payment(EventSourcedModel):
     # Sent with every charge attempt of this payment: the gateway charges a key at most once.
     idempotency_key = models.CharField(max_length=100, unique=True)
     gateway_reference = models.CharField(max_length=100, blank=True)
+    # The order's cancellation reached billing while the charge was in flight: whoever records
+    # the charge's outcome refunds a capture at once (billing/services.py).
+    cancel_requested = models.BooleanField(default=False)
+    refund_reference = models.CharField(max_length=100, blank=True)
     outcome_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -58,6 +78,11 @@ class Payment(EventSourcedModel):
     def idempotency_key_for(order_id: str) -> str:
         return f"order-{order_id}"
 
+    @property
+    def refund_idempotency_key(self) -> str:
+        """The key of this payment's one refund: every attempt sends it, so the gateway refunds once."""
+        return f"refund-order-{self.order_id}"
+
     @classmethod
     def open(cls, *, order_id: str, amount: Decimal, currency: str, buyer: str) -> "Payment":
         """A payment about to be charged (fraud approved it), under the order's idempotency key."""
@@ -70,8 +95,8 @@ class Payment(EventSourcedModel):
         )
 
     @classmethod
-    def open_unless_billed(cls, payments: list["Payment"]) -> set[str]:
-        """Insert these just-opened payments, skipping orders that have one; the order ids inserted.
+    def open_unless_billed(cls, payments: list["Payment"], status: str = PaymentStatus.CHARGING) -> set[str]:
+        """Insert these just-opened payments as `status`, skipping orders that have one; the order ids inserted.
 
         One statement for any number of payments: ON CONFLICT on the order, so a redelivery (or a
         concurrent copy, which waits for the first to commit) finds the order's payment instead.
@@ -83,7 +108,7 @@ class Payment(EventSourcedModel):
             cursor.execute(
                 _OPEN_SQL,
                 [
-                    PaymentStatus.CHARGING,
+                    status,
                     now,
                     now,
                     [p.id for p in payments],
@@ -97,19 +122,21 @@ class Payment(EventSourcedModel):
             inserted = {str(order_id) for (order_id,) in cursor.fetchall()}
         for payment in payments:
             if str(payment.order_id) in inserted:
+                payment.status = status
                 payment.created_at = payment.updated_at = now
                 payment._state.adding = False  # saved: the next save() is an UPDATE
                 payment._state.db = connection.alias
         return inserted
 
     @classmethod
-    def lock_charging(cls, pks: list[uuid.UUID]) -> set[uuid.UUID]:
-        """Lock these payments to the end of the transaction; those still charging."""
+    def lock_in_status(cls, pks: list[uuid.UUID], status: str) -> dict[uuid.UUID, bool]:
+        """Lock these payments to the end of the transaction; of those still in `status`, whether
+        a cancellation was requested meanwhile (it may have been, since they were read)."""
         if not pks:
-            return set()
+            return {}
         with connection.cursor() as cursor:
-            cursor.execute(_LOCK_CHARGING_SQL, [PaymentStatus.CHARGING, pks])
-            return {pk for (pk,) in cursor.fetchall()}
+            cursor.execute(_LOCK_IN_STATUS_SQL, [status, pks])
+            return dict(cursor.fetchall())
 
     # Each outcome carries fraud's decision (score, rules hit): orders learns it from the outcome.
 
@@ -156,16 +183,49 @@ class Payment(EventSourcedModel):
             )
         )
 
+    # --- Cancellation ---
+
+    def void(self) -> None:
+        """A tombstone just opened for an order canceled before billing saw it: nothing will be charged."""
+        self._require(PaymentStatus.VOIDED)
+        self.outcome_reason = "order canceled before payment"
+        self.stage_event(PaymentVoided(order_id=str(self.order_id), payment_id=str(self.id)))
+
+    def request_refund(self) -> None:
+        """The order was canceled after its capture: refund it (the refund runs outside any transaction)."""
+        self._require(PaymentStatus.CAPTURED)
+        self.status = PaymentStatus.REFUNDING
+        self.cancel_requested = True
+
+    def refunded(self, *, refund_reference: str) -> None:
+        self._require(PaymentStatus.REFUNDING)
+        self.status = PaymentStatus.REFUNDED
+        self.refund_reference = refund_reference
+        self.outcome_reason = "order canceled, refunded in full"
+        self.stage_event(
+            PaymentRefunded(
+                order_id=str(self.order_id),
+                payment_id=str(self.id),
+                amount=str(self.amount),
+                currency=self.currency,
+                gateway_reference=self.gateway_reference,
+                refund_reference=refund_reference,
+            )
+        )
+
     def _require_charging(self) -> None:
-        if self.status != PaymentStatus.CHARGING:
-            raise ValueError(f"payment {self.id} is {self.status}, not {PaymentStatus.CHARGING}")
+        self._require(PaymentStatus.CHARGING)
+
+    def _require(self, status: str) -> None:
+        if self.status != status:
+            raise ValueError(f"payment {self.id} is {self.status}, not {status}")
 
 
 _OPEN_SQL = f"""
     INSERT INTO {Payment._meta.db_table}
            (id, order_id, amount, currency, buyer, status, idempotency_key, gateway_reference, outcome_reason,
-            created_at, updated_at)
-    SELECT p.id, p.order_id, p.amount, p.currency, p.buyer, %s, p.idempotency_key, '', '', %s, %s
+            cancel_requested, refund_reference, created_at, updated_at)
+    SELECT p.id, p.order_id, p.amount, p.currency, p.buyer, %s, p.idempotency_key, '', '', false, '', %s, %s
       FROM unnest(%s::uuid[], %s::uuid[], %s::numeric[], %s::varchar[], %s::varchar[], %s::varchar[])
            AS p(id, order_id, amount, currency, buyer, idempotency_key)
     ON CONFLICT (order_id) DO NOTHING
@@ -173,8 +233,9 @@ _OPEN_SQL = f"""
 """
 
 
-_LOCK_CHARGING_SQL = f"""
-    SELECT id FROM {Payment._meta.db_table} WHERE status = %s AND id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
+_LOCK_IN_STATUS_SQL = f"""
+    SELECT id, cancel_requested FROM {Payment._meta.db_table}
+     WHERE status = %s AND id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
 """
 
 

@@ -13,6 +13,9 @@ FRAUD_CHECK_COMPLETED = "fraud.check.completed"
 PAYMENT_CAPTURED = "billing.payment.captured"
 PAYMENT_DECLINED = "billing.payment.declined"
 PAYMENT_BLOCKED = "billing.payment.blocked"
+ORDER_CANCEL_REQUESTED = "orders.order.cancel_requested"
+PAYMENT_VOIDED = "billing.payment.voided"
+PAYMENT_REFUNDED = "billing.payment.refunded"
 
 # Versions published today are the highest of each type; older ones are still consumed.
 # FRAUD_CHECK_COMPLETED is no longer published (the outcome events carry fraud's decision).
@@ -22,6 +25,9 @@ EVENT_VERSIONS: dict[str, frozenset[int]] = {
     PAYMENT_CAPTURED: frozenset({1, 2}),
     PAYMENT_DECLINED: frozenset({1, 2}),
     PAYMENT_BLOCKED: frozenset({1, 2}),
+    ORDER_CANCEL_REQUESTED: frozenset({1}),
+    PAYMENT_VOIDED: frozenset({1}),
+    PAYMENT_REFUNDED: frozenset({1}),
 }
 
 # --- RabbitMQ names ----------------------------------------------------------------------------
@@ -41,10 +47,13 @@ def dead_letter_queue(queue: str) -> str:
 
 # --- Consumer tasks ----------------------------------------------------------------------------
 BILLING_HANDLE_ORDER_CREATED = "billing.handle_order_created"
+BILLING_HANDLE_ORDER_CANCEL_REQUESTED = "billing.handle_order_cancel_requested"
 ORDERS_HANDLE_FRAUD_CHECK_COMPLETED = "orders.handle_fraud_check_completed"
 ORDERS_HANDLE_PAYMENT_CAPTURED = "orders.handle_payment_captured"
 ORDERS_HANDLE_PAYMENT_DECLINED = "orders.handle_payment_declined"
 ORDERS_HANDLE_PAYMENT_BLOCKED = "orders.handle_payment_blocked"
+ORDERS_HANDLE_PAYMENT_VOIDED = "orders.handle_payment_voided"
+ORDERS_HANDLE_PAYMENT_REFUNDED = "orders.handle_payment_refunded"
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,9 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(PAYMENT_CAPTURED, ORDERS_HANDLE_PAYMENT_CAPTURED, ORDERS_QUEUE),
     Subscription(PAYMENT_DECLINED, ORDERS_HANDLE_PAYMENT_DECLINED, ORDERS_QUEUE),
     Subscription(PAYMENT_BLOCKED, ORDERS_HANDLE_PAYMENT_BLOCKED, ORDERS_QUEUE),
+    Subscription(ORDER_CANCEL_REQUESTED, BILLING_HANDLE_ORDER_CANCEL_REQUESTED, BILLING_QUEUE),
+    Subscription(PAYMENT_VOIDED, ORDERS_HANDLE_PAYMENT_VOIDED, ORDERS_QUEUE),
+    Subscription(PAYMENT_REFUNDED, ORDERS_HANDLE_PAYMENT_REFUNDED, ORDERS_QUEUE),
 )
 
 

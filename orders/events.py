@@ -30,3 +30,22 @@ def normalize_buyer(address: str) -> str:
     blocked.
     """
     return address.strip().lower()
+
+
+@dataclass(frozen=True)
+class OrderCancelRequested(DomainEvent):
+    """The order's owner (or staff) asked to cancel it; billing voids or refunds its payment.
+
+    It carries what billing needs to open the payment itself: a cancellation can reach billing
+    before the order's OrderCreated does, and billing then records the payment as void so the
+    late OrderCreated charges nothing.
+    """
+
+    event_type = catalogue.ORDER_CANCEL_REQUESTED
+    version = 1
+
+    amount: str
+    currency: str
+    buyer: str
+    requested_at: str
+    requested_by: str  # "api" or "admin", and the user's id: "api:42"

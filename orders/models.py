@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_fsm import FSMField, transition
 
 from ordering.messaging.outbox import EventSourcedModel
-from orders.events import OrderCreated
+from orders.events import OrderCancelRequested, OrderCreated
 
 
 class OrderStatus(models.TextChoices):
@@ -19,9 +19,23 @@ class OrderStatus(models.TextChoices):
     PROCESSED = "PROCESSED", "Processed"
     CANCELED_FRAUD = "CANCELED_FRAUD", "Canceled: fraud"
     PAYMENT_DECLINED = "PAYMENT_DECLINED", "Payment declined"
+    # Cancellation requested; billing voids the payment or refunds it.
+    CANCELING = "CANCELING", "Canceling"
+    CANCELED = "CANCELED", "Canceled"  # before anything was charged
+    REFUNDED = "REFUNDED", "Refunded"  # charged, then refunded in full
 
 
-TERMINAL_STATUSES = frozenset({OrderStatus.PROCESSED, OrderStatus.CANCELED_FRAUD, OrderStatus.PAYMENT_DECLINED})
+TERMINAL_STATUSES = frozenset(
+    {
+        OrderStatus.PROCESSED,
+        OrderStatus.CANCELED_FRAUD,
+        OrderStatus.PAYMENT_DECLINED,
+        OrderStatus.CANCELED,
+        OrderStatus.REFUNDED,
+    }
+)
+# Where a cancellation can start: nothing charged yet, or charged and refundable.
+CANCELABLE_STATUSES = frozenset({OrderStatus.PENDING, OrderStatus.PROCESSED})
 
 
 class Order(EventSourcedModel):
@@ -40,6 +54,8 @@ class Order(EventSourcedModel):
     fraud_score = models.PositiveSmallIntegerField(null=True, blank=True)
     fraud_reasons = models.JSONField(default=list, blank=True)
     payment_reference = models.CharField(max_length=100, blank=True)
+    refund_reference = models.CharField(max_length=100, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     correlation_id = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -92,10 +108,36 @@ class Order(EventSourcedModel):
         self.payment_reference = payment_reference
         self.status_reason = ""
 
-    @transition(field=status, source=OrderStatus.PENDING, target=OrderStatus.CANCELED_FRAUD)
+    # A cancellation does not stop billing's outcome from landing: it is what happened to the
+    # payment, and billing has nothing left to void or refund after a decline or a block.
+    @transition(field=status, source=[OrderStatus.PENDING, OrderStatus.CANCELING], target=OrderStatus.CANCELED_FRAUD)
     def mark_canceled_fraud(self, *, reason: str) -> None:
         self.status_reason = reason
 
-    @transition(field=status, source=OrderStatus.PENDING, target=OrderStatus.PAYMENT_DECLINED)
+    @transition(field=status, source=[OrderStatus.PENDING, OrderStatus.CANCELING], target=OrderStatus.PAYMENT_DECLINED)
     def mark_payment_declined(self, *, reason: str) -> None:
         self.status_reason = reason
+
+    @transition(field=status, source=list(CANCELABLE_STATUSES), target=OrderStatus.CANCELING)
+    def request_cancel(self, *, requested_by: str) -> None:
+        self.cancel_requested_at = timezone.now()
+        self.stage_event(
+            OrderCancelRequested(
+                order_id=str(self.id),
+                amount=str(self.amount),
+                currency=self.currency,
+                buyer=self.buyer,
+                requested_at=self.cancel_requested_at.isoformat(),
+                requested_by=requested_by,
+            )
+        )
+
+    @transition(field=status, source=OrderStatus.CANCELING, target=OrderStatus.CANCELED)
+    def mark_canceled(self) -> None:
+        self.status_reason = "canceled before payment"
+
+    @transition(field=status, source=OrderStatus.CANCELING, target=OrderStatus.REFUNDED)
+    def mark_refunded(self, *, payment_reference: str, refund_reference: str) -> None:
+        self.payment_reference = payment_reference
+        self.refund_reference = refund_reference
+        self.status_reason = "canceled, refunded in full"

@@ -137,6 +137,12 @@ class OrderSerializer(serializers.Serializer):
         return {"decision": order.fraud_decision, "score": order.fraud_score, "reasons": order.fraud_reasons}
 
     def get_payment(self, order: Order) -> dict | None:
+        if order.refund_reference:
+            return {
+                "outcome": "refunded",
+                "reference": order.payment_reference,
+                "refund_reference": order.refund_reference,
+            }
         if order.payment_reference:
             return {"outcome": "captured", "reference": order.payment_reference}
         if order.status == "PAYMENT_DECLINED":

@@ -18,7 +18,7 @@ from ordering.messaging.errors import PermanentError
 from ordering.messaging.models import OutboxEvent
 from ordering.messaging.outbox import outbox_republish
 from orders import metrics
-from orders.models import Order
+from orders.models import CANCELABLE_STATUSES, Order, OrderStatus
 from orders.selectors import StuckState, order_list_stuck_classified
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,11 @@ def order_mark_processed(
                 f"order {order.id}: captured {amount} {currency} does not match the order's {order.amount} "
                 f"{order.currency}"
             )
+        if order.status == OrderStatus.CANCELING:
+            # Charged while the cancellation was on its way: billing refunds it, and its
+            # PaymentRefunded ends the order. Keep the reference meanwhile, for operators.
+            order.payment_reference = payment_reference
+            return
         order.mark_processed(payment_reference=payment_reference)
 
     _transition(order_id, "PROCESSED", capture, fraud)
@@ -109,6 +114,51 @@ def order_mark_canceled_fraud(*, order_id: str, reason: str, fraud: FraudOutcome
 
 
 @transaction.atomic(savepoint=False)
+def order_mark_canceled(*, order_id: str) -> None:
+    """CANCELING -> CANCELED: billing voided the payment before anything was charged."""
+    _transition(order_id, "CANCELED", lambda order: order.mark_canceled(), None)
+
+
+@transaction.atomic(savepoint=False)
+def order_mark_refunded(*, order_id: str, payment_reference: str, refund_reference: str) -> None:
+    """CANCELING -> REFUNDED: billing refunded the captured payment in full."""
+
+    def refund(order: Order) -> None:
+        order.mark_refunded(payment_reference=payment_reference, refund_reference=refund_reference)
+
+    _transition(order_id, "REFUNDED", refund, None)
+
+
+class OrderNotCancelable(Exception):
+    """The order is over (declined, blocked by fraud, canceled or refunded): nothing left to cancel."""
+
+    def __init__(self, order: Order) -> None:
+        super().__init__(f"order {order.id} is {order.status} and can no longer be canceled")
+        self.order = order
+
+
+# No savepoint: the API calls it inside the transaction that also renders its response.
+@transaction.atomic(savepoint=False)
+def order_request_cancel(*, order_id: uuid.UUID | str, requested_by: str) -> Order:
+    """Ask billing to cancel the order: PENDING or PROCESSED -> CANCELING, with OrderCancelRequested.
+
+    Idempotent: an order already CANCELING (a repeat, or two requests at once: they serialise on
+    the order's row) is returned as it is, with no second event. An order that is over raises
+    OrderNotCancelable. `requested_by` says who asked, e.g. "api:42" or "admin:7".
+    """
+    order = Order.objects.select_for_update().select_related("owner").get(pk=order_id)
+    if order.status == OrderStatus.CANCELING:
+        return order
+    if order.status not in CANCELABLE_STATUSES:
+        raise OrderNotCancelable(order)
+    concerns_order(order.id)
+    order.request_cancel(requested_by=requested_by)
+    order.save(update_fields=["status", "cancel_requested_at", "updated_at"])
+    logger.info("order %s: cancellation requested by %s", order.id, requested_by)
+    return order
+
+
+@transaction.atomic(savepoint=False)
 def order_record_fraud_decision(*, order_id: str, fraud: FraudOutcome) -> None:
     """Keep fraud's decision on the order (from a version 1 FraudCheckCompleted)."""
     order = _order_for_update(order_id)
@@ -122,8 +172,8 @@ FRAUD_FIELDS = ["fraud_decision", "fraud_score", "fraud_reasons"]
 def _transition(order_id: str, target: str, move: Callable[[Order], None], fraud: FraudOutcome | None) -> None:
     """Apply `move` (a guarded transition), with fraud's decision if reported, and save what changed.
 
-    An outcome that comes too late (the order already left PENDING) is stale: acknowledged and
-    logged, never applied; the status machine refuses any move that is not forward from PENDING.
+    An outcome that comes too late (the order is already over) is stale: acknowledged and logged,
+    never applied; the status machine refuses every move it does not list (orders/models.py).
     """
     order = _order_for_update(order_id)
     try:
@@ -133,12 +183,17 @@ def _transition(order_id: str, target: str, move: Callable[[Order], None], fraud
             "order %s: stale outcome ignored: order is %s, refusing move to %s", order.id, order.status, target
         )
         return
-    fields = ["status", "status_reason", "payment_reference", "updated_at"]
+    # Only what the move set: a field still deferred (_order_for_update) would cost a query to save.
+    deferred = order.get_deferred_fields()
+    changeable = ("status", "status_reason", "payment_reference", "refund_reference")
+    # updated_at: auto_now, set by save() itself.
+    fields = [*(name for name in changeable if name not in deferred), "updated_at"]
     if fraud is not None:
         order.record_fraud_decision(decision=fraud.decision, score=fraud.score, reasons=fraud.reasons)
         fields += FRAUD_FIELDS
     order.save(update_fields=fields)
-    metrics.order_count_terminal(order=order)
+    if order.is_terminal:
+        metrics.order_count_terminal(order=order)
     logger.info("order %s: %s", order.id, order.status)
 
 

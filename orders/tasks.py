@@ -1,4 +1,4 @@
-"""Orders' consumers: apply payment outcomes, and fraud's decision they carry, to the order; the watchdog.
+"""Orders' consumers: apply billing's outcomes (with fraud's decision), voids and refunds to the order; the watchdog.
 
 Idempotency key of each: (task name, event id) in the inbox, recorded by the consumer machinery
 in the transaction of the change. Side effect: the order row only.
@@ -20,6 +20,8 @@ from billing.events import (
     PaymentCapturedV1,
     PaymentDeclined,
     PaymentDeclinedV1,
+    PaymentRefunded,
+    PaymentVoided,
 )
 from fraud.events import FraudCheckCompleted
 from ordering import catalogue
@@ -62,6 +64,24 @@ def handle_payment_blocked(envelope: Envelope) -> None:
         order_id=envelope.aggregate_id,
         reason=", ".join(event.fraud_reasons),
         fraud=FraudOutcome(decision="rejected", score=event.fraud_score, reasons=event.fraud_reasons),
+    )
+
+
+@event_consumer(name=catalogue.ORDERS_HANDLE_PAYMENT_VOIDED, event_type=catalogue.PAYMENT_VOIDED)
+def handle_payment_voided(envelope: Envelope) -> None:
+    """Order CANCELING -> CANCELED."""
+    envelope.event(PaymentVoided)
+    services.order_mark_canceled(order_id=envelope.aggregate_id)
+
+
+@event_consumer(name=catalogue.ORDERS_HANDLE_PAYMENT_REFUNDED, event_type=catalogue.PAYMENT_REFUNDED)
+def handle_payment_refunded(envelope: Envelope) -> None:
+    """Order CANCELING -> REFUNDED."""
+    event = envelope.event(PaymentRefunded)
+    services.order_mark_refunded(
+        order_id=envelope.aggregate_id,
+        payment_reference=event.gateway_reference,
+        refund_reference=event.refund_reference,
     )
 
 
