@@ -103,6 +103,9 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                 "now. It ends CANCELED if nothing was charged, REFUNDED if the charge was refunded, or "
                 "PAYMENT_DECLINED / CANCELED_FRAUD if billing's outcome got there first.",
             ),
+            400: OpenApiResponse(
+                ErrorSerializer, description="A malformed Idempotency-Key (`code` idempotency_key_invalid)."
+            ),
             404: OpenApiResponse(ErrorSerializer, description="No such order among this client's orders."),
             409: OpenApiResponse(
                 ErrorSerializer,
