@@ -93,8 +93,11 @@ def billing_cancel_orders(batch: EventBatch) -> None:
         payments = {order_id: tombstones[order_id] for order_id in voided}
         payments.update((str(p.order_id), p) for p in existing.order_by("pk"))
         fresh = batch.claim(batch.envelopes)
+        canceled = set()
         for envelope, _ in batch.each(fresh, OrderCancelRequested):
-            _cancel(payments[envelope.aggregate_id], voided=envelope.aggregate_id in voided)
+            if envelope.aggregate_id not in canceled:  # two events of one order in a batch: cancel once
+                canceled.add(envelope.aggregate_id)
+                _cancel(payments[envelope.aggregate_id], voided=envelope.aggregate_id in voided)
     _refund(batch, [p for p in payments.values() if p.status == PaymentStatus.REFUNDING])
 
 

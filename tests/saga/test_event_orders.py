@@ -14,9 +14,13 @@ from decimal import Decimal
 import pytest
 
 from billing.models import Payment, PaymentStatus
+from ordering import catalogue
+from ordering.messaging.models import OutboxEvent
+from orders.events import OrderCancelRequested
 from orders.models import Order, OrderStatus
 from orders.services import order_request_cancel
-from tests.conftest import make_order
+from tests.conftest import envelope_for, make_order
+from tests.consumers import deliver
 from tests.saga.pipeline import Pipeline, gateway_requests, money_moved
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -95,3 +99,13 @@ def test_a_declined_order_canceled_is_never_charged_in_any_order(user, billing_o
     consume_in(pipeline, billing_order)
     expected = OrderStatus.PAYMENT_DECLINED if billing_order[0] == "created" else OrderStatus.CANCELED
     assert final_state(order.id) == (expected, Decimal(0), (0, 0))
+
+
+def test_two_cancellation_events_of_one_order_in_one_batch_void_it_once(user):
+    order = make_order(user)
+    order_request_cancel(order_id=order.id, requested_by="test")
+    first = Pipeline(str(order.id)).recorded()["cancel_requested"]
+    copy = envelope_for(first.event(OrderCancelRequested))  # the same request under another event id
+    deliver(catalogue.BILLING_HANDLE_ORDER_CANCEL_REQUESTED, first, copy)
+    assert list(Pipeline(str(order.id)).recorded()) == ["created", "cancel_requested", "voided"]
+    assert OutboxEvent.objects.filter(aggregate_id=str(order.id), event_type=catalogue.PAYMENT_VOIDED).count() == 1
