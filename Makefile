@@ -85,7 +85,7 @@ chaos: venv
 	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
 
 chaos-long: venv
-	$(BIN)/python -m tests.chaos.run --orders 10000 --faults 24 $(CHAOS_ARGS)
+	$(BIN)/python -m tests.chaos.run --orders 10000 --faults 26 $(CHAOS_ARGS)
 
 bench: venv
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)

@@ -218,10 +218,11 @@ def stale_events(ctx: FaultContext) -> dict:
     from ordering import catalogue
     from ordering.messaging.envelope import Envelope
     from ordering.messaging.models import OutboxEvent
-    from orders.models import Order, OrderStatus
+    from orders.models import TERMINAL_STATUSES, Order, OrderStatus
 
     def pick() -> tuple[Order, Payment, OutboxEvent] | None:
-        for order in Order.objects.exclude(status=OrderStatus.PENDING).order_by("?")[:20]:
+        # Finished means terminal: a CANCELING order still moves, and is no stale event's target.
+        for order in Order.objects.filter(status__in=TERMINAL_STATUSES).order_by("?")[:20]:
             payment = Payment.objects.filter(order_id=order.id).first()
             created = OutboxEvent.objects.filter(aggregate_id=str(order.id), event_type=catalogue.ORDER_CREATED).first()
             if payment and created:
@@ -316,17 +317,23 @@ def poison_messages(ctx: FaultContext) -> dict:
 # --- Payment gateway ---------------------------------------------------------------------------
 
 
-def _gateway_outage(ctx: FaultContext, seconds: float) -> None:
+def _gateway_outage(ctx: FaultContext, seconds: float, *, refunds: bool = False) -> None:
+    """The simulated gateway fails every charge (or every refund) for `seconds`, then works again."""
     from django.utils import timezone
 
-    from billing.models import SimulatedGatewayOutage
+    from billing.models import GatewayOperation, SimulatedGatewayOutage
 
+    operation = GatewayOperation.REFUND if refunds else GatewayOperation.CHARGE
     until = _with_db(lambda: timezone.now() + timedelta(seconds=seconds))
-    _with_db(lambda: SimulatedGatewayOutage.objects.create(until=until, note="chaos run"))
+    _with_db(lambda: SimulatedGatewayOutage.objects.create(until=until, operation=operation, note="chaos run"))
     try:
         ctx.sleep(seconds)
     finally:
-        _with_db(lambda: SimulatedGatewayOutage.objects.filter(until__gt=timezone.now()).update(until=timezone.now()))
+        _with_db(
+            lambda: SimulatedGatewayOutage.objects.filter(until__gt=timezone.now(), operation=operation).update(
+                until=timezone.now()
+            )
+        )
 
 
 def gateway_outage_short(ctx: FaultContext) -> dict:
@@ -335,10 +342,13 @@ def gateway_outage_short(ctx: FaultContext) -> dict:
     return {"seconds": SHORT_OUTAGE_SECONDS, "retry_budget_seconds": RETRY_BUDGET_SECONDS}
 
 
-def replay_order_created(ctx: FaultContext, why: str) -> dict:
-    """`manage.py replay_dead_letters` for billing's dead-lettered OrderCreated messages."""
+def replay_dead_letters(ctx: FaultContext, why: str, *, event_type: str) -> dict:
+    """`manage.py replay_dead_letters` for billing's dead-lettered messages of `event_type`.
+
+    By event type, so the injected poison (a malformed envelope has none) stays in its DLQ.
+    """
     command = [sys.executable, "manage.py", "replay_dead_letters", "--queue", "billing.events"]
-    command += ["--event-type", "orders.order.created", "--reset-retries"]
+    command += ["--event-type", event_type, "--reset-retries"]
     result = subprocess.run(
         command,
         check=False,
@@ -349,10 +359,24 @@ def replay_order_created(ctx: FaultContext, why: str) -> dict:
         timeout=300,
     )
     summary = (result.stdout.strip().splitlines() or [""])[-1]
-    record = {"why": why, "at": time.time(), "exit": result.returncode, "summary": summary}
+    record = {"why": why, "at": time.time(), "exit": result.returncode, "summary": summary, "event_type": event_type}
     ctx.replays.append(record)
     ctx.log(f"replay ({why}): {summary}")
     return record
+
+
+def replay_order_created(ctx: FaultContext, why: str) -> dict:
+    """Replay billing's dead-lettered OrderCreated: charges a long outage of charges left."""
+    from ordering import catalogue
+
+    return replay_dead_letters(ctx, why, event_type=catalogue.ORDER_CREATED)
+
+
+def replay_cancel_requested(ctx: FaultContext, why: str) -> dict:
+    """Replay billing's dead-lettered OrderCancelRequested: refunds a long outage of refunds left."""
+    from ordering import catalogue
+
+    return replay_dead_letters(ctx, why, event_type=catalogue.ORDER_CANCEL_REQUESTED)
 
 
 def gateway_outage_long(ctx: FaultContext) -> dict:
@@ -362,6 +386,19 @@ def gateway_outage_long(ctx: FaultContext) -> dict:
     # DLQ moments after it ended (give a rejection in flight a few seconds).
     ctx.sleep(3)
     replay = replay_order_created(ctx, "after long gateway outage")
+    return {"seconds": LONG_OUTAGE_SECONDS, "retry_budget_seconds": RETRY_BUDGET_SECONDS, "replay": replay["summary"]}
+
+
+def gateway_refund_outage(ctx: FaultContext) -> dict:
+    """Refunds fail for longer than the retry budget (charges go on): cancellations of charged orders
+    are dead-lettered, then the run replays them as it does after a long outage of charges.
+
+    Long rather than short on purpose: a refund that outlives its retries must stay replayable,
+    and the order must wait CANCELING for it (never end REFUNDED or PROCESSED without the money).
+    """
+    _gateway_outage(ctx, LONG_OUTAGE_SECONDS, refunds=True)
+    ctx.sleep(3)  # as after an outage of charges: a rejection in flight reaches the DLQ
+    replay = replay_cancel_requested(ctx, "after refund outage")
     return {"seconds": LONG_OUTAGE_SECONDS, "retry_budget_seconds": RETRY_BUDGET_SECONDS, "replay": replay["summary"]}
 
 
@@ -378,6 +415,7 @@ FAULTS: dict[str, Callable[[FaultContext], dict]] = {
     "poison_messages": poison_messages,
     "gateway_outage_short": gateway_outage_short,
     "gateway_outage_long": gateway_outage_long,
+    "gateway_refund_outage": gateway_refund_outage,
 }
 OPTIONAL_FAULTS: dict[str, Callable[[FaultContext], dict]] = {"db_restart": db_restart}
 # Faults during which the API must keep answering 201 (the broker is not needed to accept orders).

@@ -1,19 +1,31 @@
 """The ledger: what the run sent, what the system recorded, and every promise it must have kept.
 
-Counted from the database (orders, payments, the gateway's own charge ledger, outbox, inbox,
-failed-task records) and from RabbitMQ (queue depths, dead-letter queues), after the drain.
+Counted from the database (orders, payments, the gateway's own charge and refund ledgers, outbox,
+inbox, failed-task records) and from RabbitMQ (queue depths, dead-letter queues), after the drain.
 A violation is any broken promise; the run exits non-zero if there is one.
+
+Money is counted from the simulated gateway's ledgers (SimulatedCharge, SimulatedRefund), never
+from billing's Payment rows: the gateway's side is what the buyer's bank statement would show,
+and billing's own record of it is one of the things under test.
 """
 
 import json
 import subprocess
 import time
-from collections import Counter
-from dataclasses import asdict
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
+from tests.chaos.cancels import NOT_CANCELABLE_CODE, CancelRequest
 from tests.chaos.faults import BROKER_FAULTS, FaultContext, FaultRecord
 from tests.chaos.load import OrderLoad, expected_status
+
+# The cancellation contract's own words, not the core's sets: the ledger is an oracle, and an
+# oracle that imported CANCELABLE_STATUSES would agree with a bug in it. These are the statuses a
+# cancellation is refused for (409), and also the only ones an order may end in after a 202.
+NOT_CANCELABLE = frozenset({"CANCELED_FRAUD", "PAYMENT_DECLINED", "CANCELED", "REFUNDED"})
+# In a 202's body the order is CANCELING, or already over when the request was a repeat.
+ACKNOWLEDGED = NOT_CANCELABLE | {"CANCELING"}
 
 
 def subscription_sql() -> tuple[str, list[str]]:
@@ -51,7 +63,10 @@ def pipeline_state() -> dict[str, int]:
 
     return {
         "pending_orders": Order.objects.filter(status=OrderStatus.PENDING).count(),
+        # Not terminal: the cancellation waits for billing's void or refund.
+        "canceling_orders": Order.objects.filter(status=OrderStatus.CANCELING).count(),
         "charging_payments": Payment.objects.filter(status=PaymentStatus.CHARGING).count(),
+        "refunding_payments": Payment.objects.filter(status=PaymentStatus.REFUNDING).count(),
         "unpublished_outbox": OutboxEvent.objects.filter(published_at__isnull=True).count(),
         "unconsumed_deliveries": unconsumed_deliveries(),
     }
@@ -103,6 +118,184 @@ def http_window_share(requests: list, start: float, end: float) -> dict:
     }
 
 
+def cancel_window_failures(cancels: list[CancelRequest], start: float, end: float) -> dict:
+    """Cancellation attempts answered (or failed) between `start` and `end`: how many got no answer or a 5xx.
+
+    Per attempt, not per final answer: a retry that succeeded later does not hide a failure
+    during a broker fault, when the API must keep answering (cancellations go through the outbox).
+    """
+    inside = [a for c in cancels for a in c.attempts if start <= a.ended_at < end]
+    return {
+        "attempts": len(inside),
+        "failed": sum(1 for a in inside if a.status is None or a.status >= 500),
+    }
+
+
+def order_rows() -> dict[str, dict]:
+    """Every order as the ledger needs it, by id, with its amount (price * quantity)."""
+    from orders.models import Order
+
+    rows = Order.objects.values("id", "status", "price", "quantity", "refund_reference")
+    return {str(o["id"]): o | {"amount": o["price"] * o["quantity"]} for o in rows}
+
+
+@dataclass
+class GatewayMoney:
+    """The simulated gateway's ledgers by order id (from the idempotency keys): successful entries only.
+
+    A charge's key is `order-<id>`; a refund counts for the order of the charge it points at, and
+    is listed in `refunds_without_capture` unless that charge succeeded, has the refund's amount
+    and currency, and the refund's key is that order's (`refund-order-<id>`).
+    """
+
+    charges: int = 0  # every charge request the gateway recorded, declined ones too
+    refunds: int = 0  # every refund request it recorded, refused ones too
+    successful_charges: Counter = field(default_factory=Counter)
+    successful_refunds: Counter = field(default_factory=Counter)
+    charged: defaultdict = field(default_factory=lambda: defaultdict(Decimal))
+    refunded: defaultdict = field(default_factory=lambda: defaultdict(Decimal))
+    refund_references: defaultdict = field(default_factory=lambda: defaultdict(set))
+    refunds_without_capture: list[str] = field(default_factory=list)
+
+    @property
+    def refunded_total(self) -> Decimal:
+        return sum(self.refunded.values(), Decimal("0"))
+
+    def net(self, order_id: str) -> Decimal:
+        return self.charged.get(order_id, Decimal("0")) - self.refunded.get(order_id, Decimal("0"))
+
+
+def gateway_money() -> GatewayMoney:
+    from billing.models import SimulatedCharge, SimulatedRefund
+
+    money = GatewayMoney()
+    for charge in SimulatedCharge.objects.values("idempotency_key", "amount", "succeeded"):
+        money.charges += 1
+        if charge["succeeded"]:
+            order_id = charge["idempotency_key"].removeprefix("order-")
+            money.successful_charges[order_id] += 1
+            money.charged[order_id] += charge["amount"]
+    refunds = SimulatedRefund.objects.values(
+        "idempotency_key",
+        "amount",
+        "currency",
+        "succeeded",
+        "reference",
+        "charge__idempotency_key",
+        "charge__amount",
+        "charge__currency",
+        "charge__succeeded",
+    )
+    for refund in refunds:
+        money.refunds += 1
+        if not refund["succeeded"]:
+            continue
+        # The order is the charge's: the money goes back where it came from, whatever the key says.
+        order_id = refund["charge__idempotency_key"].removeprefix("order-")
+        money.successful_refunds[order_id] += 1
+        money.refunded[order_id] += refund["amount"]
+        money.refund_references[order_id].add(refund["reference"])
+        own_capture = (
+            refund["charge__succeeded"]
+            and refund["idempotency_key"] == f"refund-order-{order_id}"
+            and refund["charge__amount"] == refund["amount"]
+            and refund["charge__currency"] == refund["currency"]
+        )
+        if not own_capture:
+            money.refunds_without_capture.append(order_id)
+    money.refunds_without_capture.sort()
+    return money
+
+
+def charged_but_not_kept(*, orders: dict[str, dict], money: GatewayMoney) -> list[str]:
+    """Orders with a successful charge that neither a PROCESSED order keeps nor a refund gave back.
+
+    REFUNDED only says the charge was given back; money_violations checks that it was, in full.
+    """
+    return sorted(
+        oid
+        for oid in money.successful_charges
+        if oid not in orders or orders[oid]["status"] not in ("PROCESSED", "REFUNDED")
+    )
+
+
+def wrong_outcomes(*, orders: dict[str, dict], cancelled: set[str]) -> list[str]:
+    """Terminal orders whose status is not the one their amount calls for.
+
+    Cancelled orders are left out: their outcome depends on timing. cancellation_violations holds
+    them to what their answer and amount allow, and the stuck check to a terminal state.
+    """
+    from orders.models import TERMINAL_STATUSES
+
+    return sorted(
+        oid
+        for oid, o in orders.items()
+        if oid not in cancelled and o["status"] in TERMINAL_STATUSES and o["status"] != expected_status(o["amount"])
+    )
+
+
+def money_violations(*, orders: dict[str, dict], money: GatewayMoney) -> dict[str, list[str]]:
+    """What the gateway's ledgers must show for every order, cancelled or not (order ids)."""
+
+    def due(order_id: str) -> Decimal:
+        order = orders.get(order_id)
+        return order["amount"] if order and order["status"] == "PROCESSED" else Decimal("0")
+
+    every_id = orders.keys() | money.charged.keys() | money.refunded.keys()
+    return {
+        "refunds without a successful charge of the same amount": money.refunds_without_capture,
+        "orders refunded more than once": sorted(oid for oid, n in money.successful_refunds.items() if n > 1),
+        "charged though CANCELED (nothing may be charged)": sorted(
+            oid for oid, o in orders.items() if o["status"] == "CANCELED" and money.successful_charges[oid]
+        ),
+        "charges - refunds != amount if PROCESSED, else 0": sorted(
+            oid for oid in every_id if money.net(oid) != due(oid)
+        ),
+        "REFUNDED without its refund's reference": sorted(
+            oid
+            for oid, o in orders.items()
+            if o["status"] == "REFUNDED"
+            and (not o["refund_reference"] or o["refund_reference"] not in money.refund_references.get(oid, ()))
+        ),
+    }
+
+
+def cancellation_violations(*, cancels: list[CancelRequest], orders: dict[str, dict]) -> dict[str, list[str]]:
+    """What every cancellation's answer promised about its order's final state (order ids)."""
+
+    def final(cancel: CancelRequest) -> str | None:
+        return orders.get(cancel.order_id, {}).get("status")
+
+    def allowed(cancel: CancelRequest) -> set[str]:
+        # Billing's own outcome may land first; otherwise the cancellation voids or refunds.
+        expected = expected_status(orders[cancel.order_id]["amount"])
+        return {expected, "CANCELED"} | ({"REFUNDED"} if expected == "PROCESSED" else set())
+
+    acknowledged = [c for c in cancels if c.status == 202]
+    return {
+        "stuck cancellations (202, not terminal)": sorted(
+            c.order_id for c in acknowledged if final(c) not in NOT_CANCELABLE and final(c) != "PROCESSED"
+        ),
+        "cancellations (202) that ended PROCESSED": sorted(c.order_id for c in acknowledged if final(c) == "PROCESSED"),
+        "202 whose body is not CANCELING or over": sorted(
+            c.order_id for c in acknowledged if c.order_status not in ACKNOWLEDGED
+        ),
+        "409 for an order that was not over": sorted(
+            c.order_id for c in cancels if c.status == 409 and final(c) not in NOT_CANCELABLE
+        ),
+        "cancel answers outside the contract": sorted(
+            c.order_id
+            for c in cancels
+            if c.status is not None
+            and (c.status not in (202, 404, 409) or (c.status == 409 and c.code != NOT_CANCELABLE_CODE))
+        ),
+        "404 for an accepted order": sorted(c.order_id for c in cancels if c.status == 404),
+        "cancelled orders in a status their amount rules out": sorted(
+            c.order_id for c in cancels if final(c) in NOT_CANCELABLE | {"PROCESSED"} and final(c) not in allowed(c)
+        ),
+    }
+
+
 def build_ledger(  # noqa: PLR0915
     *,
     ctx: FaultContext,
@@ -112,37 +305,30 @@ def build_ledger(  # noqa: PLR0915
     requested_faults: int,
     required_kinds: list[str],
 ) -> dict:
-    from billing.models import Payment, SimulatedCharge
+    from billing.models import Payment
     from ordering.messaging.models import DeadLetter, OutboxEvent, ProcessedEvent
-    from orders.models import TERMINAL_STATUSES, Order
+    from orders.models import TERMINAL_STATUSES
 
     requests = load.requests
     accepted = {r.order_id: r for r in requests if r.accepted}
-    orders = {str(o["id"]): o for o in Order.objects.values("id", "status", "price", "quantity")}
+    cancels = load.cancels.requests
+    cancelled = {c.order_id for c in cancels}
+    orders = order_rows()
     payments = {str(p["order_id"]): p for p in Payment.objects.values("order_id", "status")}
-    successful_charges = Counter(
-        key.removeprefix("order-")
-        for key in SimulatedCharge.objects.filter(succeeded=True).values_list("idempotency_key", flat=True)
-    )
-    charges_total = SimulatedCharge.objects.count()
+    money = gateway_money()
+    successful_charges = money.successful_charges
 
     missing = sorted(oid for oid in accepted if oid not in orders)
     never_terminal = sorted(oid for oid in accepted if oid in orders and orders[oid]["status"] not in TERMINAL_STATUSES)
     stuck_orders = sorted(oid for oid, o in orders.items() if o["status"] not in TERMINAL_STATUSES)
     double_charged = sorted(oid for oid, n in successful_charges.items() if n > 1)
-    charged_not_processed = sorted(
-        oid for oid in successful_charges if oid not in orders or orders[oid]["status"] != "PROCESSED"
-    )
+    charged_not_processed = charged_but_not_kept(orders=orders, money=money)
     processed_not_charged = sorted(
         oid for oid, o in orders.items() if o["status"] == "PROCESSED" and successful_charges[oid] == 0
     )
-    wrong_outcome = sorted(
-        oid
-        for oid, o in orders.items()
-        if o["status"] in TERMINAL_STATUSES and o["status"] != expected_status(Decimal(o["price"]) * o["quantity"])
-    )
+    wrong_outcome = wrong_outcomes(orders=orders, cancelled=cancelled)
     without_201 = sorted(oid for oid in orders if oid not in accepted)
-    charging = sorted(oid for oid, p in payments.items() if p["status"] == "CHARGING")
+    charging = sorted(oid for oid, p in payments.items() if p["status"] in ("CHARGING", "REFUNDING"))
 
     # Events: every published event consumed exactly once in effect by each of its subscribers.
     state = pipeline_state()
@@ -204,10 +390,16 @@ def build_ledger(  # noqa: PLR0915
         row["seconds"] = round(f.ended_at - f.started_at, 2)
         # Windows never overlap: an answer belongs to the latest fault that started before it.
         next_start = faults[i + 1].started_at if i + 1 < len(faults) else float("inf")
-        row["http"] = http_window_share(requests, f.started_at, min(f.ended_at + WINDOW_GRACE_SECONDS, next_start))
+        window_end = min(f.ended_at + WINDOW_GRACE_SECONDS, next_start)
+        row["http"] = http_window_share(requests, f.started_at, window_end)
+        row["cancel_http"] = cancel_window_failures(cancels, f.started_at, window_end)
         fault_rows.append(row)
     by_kind = Counter(f.kind for f in faults if not f.error and "skipped" not in f.detail)
-    broker_non_2xx = sum(r["http"]["non_2xx"] for r in fault_rows if r["kind"] in BROKER_FAULTS)
+    broker_non_2xx = sum(
+        r["http"]["non_2xx"] + r["cancel_http"]["failed"] for r in fault_rows if r["kind"] in BROKER_FAULTS
+    )
+    money_bad = money_violations(orders=orders, money=money)
+    cancel_bad = cancellation_violations(cancels=cancels, orders=orders)
 
     violations = []
 
@@ -218,11 +410,11 @@ def build_ledger(  # noqa: PLR0915
     check("lost (accepted, missing)", missing)
     check("lost (accepted, never terminal)", never_terminal)
     check("stuck orders", stuck_orders)
-    check("stuck payments (CHARGING)", charging)
+    check("stuck payments (CHARGING or REFUNDING)", charging)
     check("unpublished outbox events", state["unpublished_outbox"])
     check("published deliveries not consumed", state["unconsumed_deliveries"])
     check("double-charged", double_charged)
-    check("charged but not PROCESSED", charged_not_processed)
+    check("charged but neither PROCESSED nor REFUNDED", charged_not_processed)
     check("PROCESSED but not charged", processed_not_charged)
     check("wrong terminal status for the amount", wrong_outcome)
     check("stale events that changed an order", stale_with_effect)
@@ -235,6 +427,8 @@ def build_ledger(  # noqa: PLR0915
     check("messages left in consumer queues", left_in_queues)
     check("unacked messages in DLQs", dlq_unacked)
     check("non-2xx answers during broker faults", broker_non_2xx)
+    for name, bad in (money_bad | cancel_bad).items():
+        check(name, bad)
     check("faults that failed to inject", [f for f in faults if f.error])
     check("accepted orders", 0 if accepted else "none")
     if not drain.get("drained"):
@@ -264,8 +458,27 @@ def build_ledger(  # noqa: PLR0915
             "charged_but_not_processed_ids": charged_not_processed[:50],
             "processed_but_not_charged": len(processed_not_charged),
             "wrong_outcome": len(wrong_outcome),
-            "gateway_charges": charges_total,
+            "gateway_charges": money.charges,
             "gateway_successful_charges": sum(successful_charges.values()),
+        },
+        "cancellations": {
+            "share": load.cancel_share,
+            "planned": len(load.cancels.plan),
+            "requested": len(cancels),
+            "by_moment": dict(sorted(Counter(c.moment for c in cancels).items())),
+            "by_answer": dict(sorted(Counter(c.outcome for c in cancels).items())),
+            "answered_202": sum(1 for c in cancels if c.status == 202),
+            "answered_409": sum(1 for c in cancels if c.status == 409),
+            "answered_404": sum(1 for c in cancels if c.status == 404),
+            "errors": sum(1 for c in cancels if c.status is None),
+            "retried": sum(1 for c in cancels if len(c.attempts) > 1),
+            "final_status_after_202": _final_statuses(cancels, orders, 202),
+            "final_status_after_409": _final_statuses(cancels, orders, 409),
+            "final_status_after_error": _final_statuses(cancels, orders, None),
+            "gateway_refunds": money.refunds,
+            "gateway_successful_refunds": sum(money.successful_refunds.values()),
+            "refunded_total": str(money.refunded_total),
+            "violations": {name: ids[:50] for name, ids in (money_bad | cancel_bad).items() if ids},
         },
         "events": {
             "recorded": outbox_total,
@@ -308,6 +521,16 @@ def build_ledger(  # noqa: PLR0915
     }
 
 
+def _final_statuses(cancels: list[CancelRequest], orders: dict[str, dict], answer: int | None) -> dict[str, int]:
+    """Final order statuses of the cancellations that got `answer` (None: no answer at all)."""
+    counts = Counter(orders.get(c.order_id, {}).get("status", "MISSING") for c in cancels if c.status == answer)
+    return dict(sorted(counts.items()))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+
+
 def _uuid(value: str):
     import uuid
 
@@ -316,7 +539,7 @@ def _uuid(value: str):
 
 def format_ledger(ledger: dict, started_at: float) -> str:
     """The ledger as the run prints it."""
-    o, e, d = ledger["orders"], ledger["events"], ledger["dead_letters"]
+    o, e, d, c = ledger["orders"], ledger["events"], ledger["dead_letters"], ledger["cancellations"]
     lines = [
         f"=== chaos ledger (run {ledger['run_id']}, {ledger['generated_at']}) ===",
         f"orders requested / sent / accepted (201)   {o['requested']} / {o['sent']} / {o['accepted_201']}",
@@ -325,11 +548,21 @@ def format_ledger(ledger: dict, started_at: float) -> str:
         + ", ".join(f"{k} {v}" for k, v in sorted(o["terminal_by_status"].items())),
         f"LOST (accepted, missing or not terminal)   {o['lost']}",
         f"DOUBLE-CHARGED (> 1 successful charge)     {o['double_charged']}",
-        f"CHARGED BUT NOT PROCESSED                  {o['charged_but_not_processed']}",
+        f"CHARGED, NOT PROCESSED NOR REFUNDED        {o['charged_but_not_processed']}",
         f"processed but not charged                  {o['processed_but_not_charged']}",
         f"STUCK (not terminal, payment CHARGING)     {o['stuck']}",
         f"wrong terminal status for the amount       {o['wrong_outcome']}",
         f"gateway charges (successful)               {o['gateway_charges']} ({o['gateway_successful_charges']})",
+        f"cancellations requested / 202 / 409 / errors {c['requested']} / {c['answered_202']} / "
+        f"{c['answered_409']} / {c['errors']}" + (f" (404: {c['answered_404']})" if c["answered_404"] else ""),
+        "    by moment                              " + _counts(c["by_moment"]),
+        "    final status after 202                 " + _counts(c["final_status_after_202"]),
+        "    final status after 409                 " + _counts(c["final_status_after_409"]),
+        "    final status after no answer           " + _counts(c["final_status_after_error"]),
+        f"gateway refunds (successful), total        {c['gateway_refunds']} ({c['gateway_successful_refunds']}), "
+        f"{c['refunded_total']}",
+        "cancellation and money checks             "
+        + (" " + _counts({k: len(v) for k, v in c["violations"].items()}) if c["violations"] else " all kept"),
         f"events recorded / published / unpublished  {e['recorded']} / {e['published']} / {e['unpublished']}",
         f"deliveries expected / consumed once        {e['deliveries_expected']} / {e['consumed_once_in_effect']}",
         f"duplicate copies injected (no effect)      {e['duplicate_copies_injected']}",
@@ -353,13 +586,18 @@ def format_ledger(ledger: dict, started_at: float) -> str:
     ]
     for kind, n in ledger["faults"]["by_kind"].items():
         lines.append(f"    {kind:<28} {n}")
-    lines.append("fault timeline (t = since start; non-2xx = API answers from fault start to 2 s after its end)")
+    lines.append(
+        "fault timeline (t = since start; non-2xx = API answers to creates, cancel failed = cancellation attempts"
+        " without an answer or with a 5xx, from fault start to 2 s after its end)"
+    )
     for f in ledger["faults"]["timeline"]:
         http = f["http"]
         share = "n/a" if http["non_2xx_share"] is None else f"{http['non_2xx_share']:.1%}"
         lines.append(
             f"    t={f['started_at'] - started_at:7.1f}s {f['kind']:<26} {f['seconds']:5.1f}s  "
-            f"non-2xx {http['non_2xx']}/{http['requests']} ({share})" + (f"  ERROR {f['error']}" if f["error"] else "")
+            f"non-2xx {http['non_2xx']}/{http['requests']} ({share})"
+            + (f"  cancel failed {f['cancel_http']['failed']}/{f['cancel_http']['attempts']}")
+            + (f"  ERROR {f['error']}" if f["error"] else "")
         )
     drain = ledger["drain"]
     lines.append(f"time to drain                              {drain.get('seconds')}s")

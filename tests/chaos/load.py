@@ -3,7 +3,8 @@
 Open loop: request i is due at start + i / rate whatever the answers to earlier requests were,
 so a slow or failing server does not slow the load down (latency counts from the due time).
 Requests are never retried: a client that did not get its 201 does not know whether the order
-exists, and the ledger checks those orders too.
+exists, and the ledger checks those orders too. A seeded share of the accepted orders is then
+cancelled (tests/chaos/cancels.py); the load is done when every cancellation has its answer.
 """
 
 import random
@@ -14,6 +15,8 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 import requests
+
+from tests.chaos.cancels import DEFAULT_SHARE, CancelLoad, plan_cancellations
 
 # Outcomes the pipeline must reach for an amount (settings defaults, which the run keeps).
 DECLINE_ABOVE = Decimal("5000.00")
@@ -74,6 +77,7 @@ class OrderLoad:
         concurrency: int = 32,
         timeout: float = 15.0,
         seed: int = 0,
+        cancel_share: float = DEFAULT_SHARE,
     ) -> None:
         if not base_url.startswith("http://127.0.0.1:"):
             raise ValueError("the chaos load only talks to 127.0.0.1")
@@ -88,6 +92,15 @@ class OrderLoad:
         self._thread = threading.Thread(target=self._schedule, name="load-scheduler", daemon=True)
         rng = random.Random(seed)
         self._fields = [order_fields(rng, run_id, i) for i in range(total)]
+        self.cancel_share = cancel_share
+        self.cancels = CancelLoad(
+            orders_url=self.url,
+            headers=self.headers,
+            run_id=run_id,
+            plan=plan_cancellations(total=total, share=cancel_share, seed=seed),
+            stop=self.stop,
+            timeout=timeout,
+        )
         self.started_at = 0.0
         self.finished_at = 0.0
 
@@ -97,6 +110,7 @@ class OrderLoad:
 
     def start(self) -> None:
         self.started_at = time.time()
+        self.cancels.start()
         self._thread.start()
 
     def _schedule(self) -> None:
@@ -111,6 +125,8 @@ class OrderLoad:
             self.requests.append(request)
             self._pool.submit(self._send, request)
         self._pool.shutdown(wait=True)
+        self.cancels.close()
+        self.cancels.join()
         self.finished_at = time.time()
 
     def _send(self, request: OrderRequest) -> None:
@@ -128,18 +144,24 @@ class OrderLoad:
         except (requests.RequestException, ValueError, KeyError) as exc:
             request.error = type(exc).__name__
         request.finished_at = time.time()
+        if request.accepted:
+            self.cancels.order_accepted(index=request.index, order_id=request.order_id, answered_at=request.finished_at)
 
     def join(self, timeout: float) -> bool:
-        """Wait until every request was answered (or failed); False if `timeout` passed first."""
+        """Wait until every request (cancellations too) was answered or failed; False if `timeout` passed first."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def abort(self) -> None:
         self.stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.cancels.abort()
 
     def done(self) -> bool:
         return not self._thread.is_alive()
 
     def records(self) -> list[dict]:
         return [asdict(r) for r in self.requests]
+
+    def cancel_records(self) -> list[dict]:
+        return self.cancels.records()

@@ -3,9 +3,11 @@
 1. creates its own database and RabbitMQ vhost, migrates, declares the topology, creates an
    API user with a token;
 2. starts the system as real processes (gunicorn with 3 workers, 2 relays, 2 workers per queue);
-3. sends orders over HTTP at a fixed rate while it injects faults on a schedule;
-4. drains (replaying dead letters of long gateway outages), checks the ledger, prints it and
-   writes it as JSON; exit status 1 on any violation, 2 if the run itself could not be done.
+3. sends orders over HTTP at a fixed rate, and cancels a share of them at random moments, while
+   it injects faults on a schedule;
+4. drains (replaying dead letters of long gateway outages, of charges and of refunds), checks the
+   ledger, prints it and writes it as JSON; exit status 1 on any violation, 2 if the run itself
+   could not be done.
 
 Whatever it stops on the shared PostgreSQL and RabbitMQ it brings back, also on failure or
 SIGINT/SIGTERM; its database and vhost are removed afterwards unless --keep.
@@ -23,12 +25,14 @@ import time
 import traceback
 from pathlib import Path
 
+from tests.chaos.cancels import DEFAULT_SHARE
 from tests.chaos.faults import (
     FAULTS,
     OPTIONAL_FAULTS,
     FaultContext,
     FaultRecord,
     inject,
+    replay_cancel_requested,
     replay_order_created,
     schedule,
 )
@@ -39,8 +43,16 @@ from tests.processes import ROOT
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.run", description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=1000, help="orders to send (default %(default)s)")
-    parser.add_argument("--faults", type=int, default=12, help="faults to inject (default %(default)s)")
+    parser.add_argument(
+        "--faults", type=int, default=len(FAULTS), help="faults to inject (default %(default)s: every kind once)"
+    )
     parser.add_argument("--rate", type=float, default=12.0, help="orders per second (default %(default)s)")
+    parser.add_argument(
+        "--cancel-share",
+        type=float,
+        default=DEFAULT_SHARE,
+        help="share of accepted orders to cancel, each at a random moment (default %(default)s)",
+    )
     parser.add_argument(
         "--kinds", help=f"comma-separated fault kinds (default: all of {', '.join(FAULTS)}; optional: db_restart)"
     )
@@ -56,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the ledger JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the run's database and vhost afterwards")
     args = parser.parse_args(argv)
-    if args.orders < 1 or args.rate <= 0 or args.faults < 0:
-        parser.error("--orders >= 1, --rate > 0, --faults >= 0")
+    if args.orders < 1 or args.rate <= 0 or args.faults < 0 or not 0 <= args.cancel_share <= 1:
+        parser.error("--orders >= 1, --rate > 0, --faults >= 0, 0 <= --cancel-share <= 1")
     return args
 
 
@@ -94,7 +106,11 @@ def setup_django(env: dict[str, str], *, username: str = "chaos", settings_modul
 
 
 def drain(ctx: FaultContext, timeout: float, last_fault_end: float) -> dict:
-    """Wait until every order is terminal and every message consumed; replay what a long outage left."""
+    """Wait until every order is terminal and every message consumed; replay what a long outage left.
+
+    CANCELING is not terminal: a cancellation waits for billing's void or refund like a PENDING
+    order waits for its outcome, and a refund outage can leave it dead-lettered the same way.
+    """
     from django.db import close_old_connections
 
     from tests.chaos.ledger import pipeline_state, queue_stats
@@ -117,14 +133,19 @@ def drain(ctx: FaultContext, timeout: float, last_fault_end: float) -> dict:
                     "replays_during_drain": replays,
                 }
             state["queues_busy"] = busy
-        pending = state["pending_orders"]
+        pending = (state["pending_orders"], state["canceling_orders"])
         if pending != last_pending:
             progress_at, last_pending = time.monotonic(), pending
-        elif pending and time.monotonic() - progress_at > 15:
-            # No progress: dead letters of OrderCreated (an outage that outlived the retry budget
-            # after the run's own replay) would be the reason. Replay them as an operator would.
-            replay_order_created(ctx, "drain: no progress for 15 s")
-            replays += 1
+        elif any(pending) and time.monotonic() - progress_at > 15:
+            # No progress: dead letters of OrderCreated or OrderCancelRequested (an outage of
+            # charges or refunds that outlived the retry budget after the run's own replay) would
+            # be the reason. Replay them as an operator would.
+            if state["pending_orders"]:
+                replay_order_created(ctx, "drain: no progress for 15 s")
+                replays += 1
+            if state["canceling_orders"]:
+                replay_cancel_requested(ctx, "drain: no progress of cancellations for 15 s")
+                replays += 1
             progress_at = time.monotonic()
         ctx.sleep(1)
     return {
@@ -192,11 +213,20 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
 
         ctx = FaultContext(environment=environment, group=group, services=services, rng=rng, stop=stop, log=log)
         load = OrderLoad(
-            base_url=base_url, token=token, run_id=environment.run_id, total=args.orders, rate=args.rate, seed=args.seed
+            base_url=base_url,
+            token=token,
+            run_id=environment.run_id,
+            total=args.orders,
+            rate=args.rate,
+            seed=args.seed,
+            cancel_share=args.cancel_share,
         )
         planned = load.planned_seconds
         max_seconds = args.max_seconds or max(3 * planned, planned + 120)
-        log(f"load: {args.orders} orders at {args.rate}/s (~{planned:.0f}s); faults: {len(plan)}: {', '.join(plan)}")
+        log(
+            f"load: {args.orders} orders at {args.rate}/s (~{planned:.0f}s), {len(load.cancels.plan)} of them to be "
+            f"cancelled if accepted; faults: {len(plan)}: {', '.join(plan)}"
+        )
         load.start()
         faults: list[FaultRecord] = []
         gap = planned / (len(plan) + 1) if plan else 0
@@ -212,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
         if not load.join(remaining):
             log("load did not finish in time: aborting it")
             load.abort()
-        log(f"load done: {sum(1 for r in load.requests if r.accepted)} of {len(load.requests)} accepted")
+        log(
+            f"load done: {sum(1 for r in load.requests if r.accepted)} of {len(load.requests)} accepted; "
+            f"{len(load.cancels.requests)} cancellations sent"
+        )
         restarted = restart_dead_processes(ctx)
         drained = drain(ctx, args.drain_timeout, last_fault_end)
         drained["processes_found_dead"] = restarted
@@ -233,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
         print(text, flush=True)
         run_log.write(text + "\n")
         ledger["requests"] = load.records()
+        ledger["cancel_requests"] = load.cancel_records()
         for path in filter(None, [out_dir / "ledger.json", args.json]):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(ledger, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""The short chaos run inside the test suite: ~1,000 orders, every fault kind, zero violations.
+"""The short chaos run inside the test suite: ~1,000 orders (a tenth cancelled), every fault kind, zero violations.
 
 It runs the chaos CLI as a subprocess (own database, own vhost, own processes) and checks its exit
 status and the key numbers of its JSON ledger. Missing services make it fail, never skip.
@@ -19,7 +19,7 @@ from tests.processes import ROOT
 pytestmark = pytest.mark.chaos
 
 ORDERS = 1000
-FAULT_COUNT = len(FAULTS)  # 12: each kind once
+FAULT_COUNT = len(FAULTS)  # each kind once
 RUN_TIMEOUT = 720
 
 
@@ -56,3 +56,10 @@ def test_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     assert ledger["faults"]["injected"] >= 8
     assert set(ledger["faults"]["by_kind"]) == set(FAULTS)
     assert ledger["drain"]["drained"]
+    # Cancellations happened at every moment, were answered, and some of them were refunds.
+    cancels = ledger["cancellations"]
+    assert set(cancels["by_moment"]) == {"immediate", "in_flight", "late"}
+    assert cancels["answered_202"] >= cancels["requested"] * 0.5 > 0
+    assert cancels["errors"] == cancels["answered_404"] == 0
+    assert cancels["gateway_successful_refunds"] == orders["terminal_by_status"].get("REFUNDED", 0) > 0
+    assert cancels["violations"] == {}
