@@ -398,8 +398,14 @@ def gateway_refund_outage(ctx: FaultContext) -> dict:
     """
     _gateway_outage(ctx, LONG_OUTAGE_SECONDS, refunds=True)
     ctx.sleep(3)  # as after an outage of charges: a rejection in flight reaches the DLQ
-    replay = replay_cancel_requested(ctx, "after refund outage")
-    return {"seconds": LONG_OUTAGE_SECONDS, "retry_budget_seconds": RETRY_BUDGET_SECONDS, "replay": replay["summary"]}
+    # Both: a capture that lands after its order's cancellation is refunded by the OrderCreated
+    # consumer that charged it, so a refund outage dead-letters OrderCreated messages too.
+    replays = [replay_cancel_requested(ctx, "after refund outage"), replay_order_created(ctx, "after refund outage")]
+    return {
+        "seconds": LONG_OUTAGE_SECONDS,
+        "retry_budget_seconds": RETRY_BUDGET_SECONDS,
+        "replays": [r["summary"] for r in replays],
+    }
 
 
 FAULTS: dict[str, Callable[[FaultContext], dict]] = {

@@ -139,10 +139,10 @@ def drain(ctx: FaultContext, timeout: float, last_fault_end: float) -> dict:
         elif any(pending) and time.monotonic() - progress_at > 15:
             # No progress: dead letters of OrderCreated or OrderCancelRequested (an outage of
             # charges or refunds that outlived the retry budget after the run's own replay) would
-            # be the reason. Replay them as an operator would.
-            if state["pending_orders"]:
-                replay_order_created(ctx, "drain: no progress for 15 s")
-                replays += 1
+            # be the reason. Replay them as an operator would. A CANCELING order may wait for
+            # either: a charge that landed after the cancellation is refunded by OrderCreated's consumer.
+            replay_order_created(ctx, "drain: no progress for 15 s")
+            replays += 1
             if state["canceling_orders"]:
                 replay_cancel_requested(ctx, "drain: no progress of cancellations for 15 s")
                 replays += 1
