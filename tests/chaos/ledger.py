@@ -135,7 +135,7 @@ def order_rows() -> dict[str, dict]:
     """Every order as the ledger needs it, by id, with its amount (price * quantity)."""
     from orders.models import Order
 
-    rows = Order.objects.values("id", "status", "price", "quantity", "refund_reference")
+    rows = Order.objects.values("id", "status", "price", "quantity", "refund_reference", "cancel_requested_at")
     return {str(o["id"]): o | {"amount": o["price"] * o["quantity"]} for o in rows}
 
 
@@ -155,6 +155,7 @@ class GatewayMoney:
     charged: defaultdict = field(default_factory=lambda: defaultdict(Decimal))
     refunded: defaultdict = field(default_factory=lambda: defaultdict(Decimal))
     refund_references: defaultdict = field(default_factory=lambda: defaultdict(set))
+    charged_at: dict = field(default_factory=dict)  # order id -> when its (last) successful charge was made
     refunds_without_capture: list[str] = field(default_factory=list)
 
     @property
@@ -169,12 +170,13 @@ def gateway_money() -> GatewayMoney:
     from billing.models import SimulatedCharge, SimulatedRefund
 
     money = GatewayMoney()
-    for charge in SimulatedCharge.objects.values("idempotency_key", "amount", "succeeded"):
+    for charge in SimulatedCharge.objects.values("idempotency_key", "amount", "succeeded", "created_at"):
         money.charges += 1
         if charge["succeeded"]:
             order_id = charge["idempotency_key"].removeprefix("order-")
             money.successful_charges[order_id] += 1
             money.charged[order_id] += charge["amount"]
+            money.charged_at[order_id] = charge["created_at"]
     refunds = SimulatedRefund.objects.values(
         "idempotency_key",
         "amount",
@@ -478,6 +480,13 @@ def build_ledger(  # noqa: PLR0915
             "gateway_refunds": money.refunds,
             "gateway_successful_refunds": sum(money.successful_refunds.values()),
             "refunded_total": str(money.refunded_total),
+            # Not a violation (the refund follows), but a charge billing could have spared: the
+            # cancellation was on the order before the gateway was asked to charge it.
+            "charged_after_cancel_requested": sorted(
+                oid
+                for oid, at in money.charged_at.items()
+                if orders.get(oid, {}).get("cancel_requested_at") and at > orders[oid]["cancel_requested_at"]
+            ),
             "violations": {name: ids[:50] for name, ids in (money_bad | cancel_bad).items() if ids},
         },
         "events": {
@@ -550,7 +559,7 @@ def format_ledger(ledger: dict, started_at: float) -> str:
         f"DOUBLE-CHARGED (> 1 successful charge)     {o['double_charged']}",
         f"CHARGED, NOT PROCESSED NOR REFUNDED        {o['charged_but_not_processed']}",
         f"processed but not charged                  {o['processed_but_not_charged']}",
-        f"STUCK (not terminal, payment CHARGING)     {o['stuck']}",
+        f"STUCK (not terminal, payment CHARGING/REFUNDING) {o['stuck']}",
         f"wrong terminal status for the amount       {o['wrong_outcome']}",
         f"gateway charges (successful)               {o['gateway_charges']} ({o['gateway_successful_charges']})",
         f"cancellations requested / 202 / 409 / errors {c['requested']} / {c['answered_202']} / "
@@ -561,6 +570,7 @@ def format_ledger(ledger: dict, started_at: float) -> str:
         "    final status after no answer           " + _counts(c["final_status_after_error"]),
         f"gateway refunds (successful), total        {c['gateway_refunds']} ({c['gateway_successful_refunds']}), "
         f"{c['refunded_total']}",
+        f"    charged after the cancel request       {len(c['charged_after_cancel_requested'])}",
         "cancellation and money checks             "
         + (" " + _counts({k: len(v) for k, v in c["violations"].items()}) if c["violations"] else " all kept"),
         f"events recorded / published / unpublished  {e['recorded']} / {e['published']} / {e['unpublished']}",

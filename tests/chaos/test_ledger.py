@@ -186,9 +186,11 @@ def test_the_balance_is_the_amount_for_processed_orders_and_zero_for_the_others(
 
 def test_a_refunded_order_carries_its_own_refunds_reference():
     empty, _ = refunded_order()
-    Order.objects.filter(pk=empty.pk).update(refund_reference="")
+    empty.refund_reference = ""
+    empty.save(update_fields=["refund_reference"])
     wrong, _ = refunded_order()
-    Order.objects.filter(pk=wrong.pk).update(refund_reference="re_of_someone_else")
+    wrong.refund_reference = "re_of_someone_else"
+    wrong.save(update_fields=["refund_reference"])
     refunded_order()
 
     assert money_flags() == {"REFUNDED without its refund's reference": sorted([str(empty.id), str(wrong.id)])}
