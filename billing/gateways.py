@@ -28,11 +28,20 @@ class GatewayTimeout(TransientError):
     """The gateway did not answer in time; the charge may or may not have happened: retry it."""
 
 
+# The decline reason of a key voided before anything was charged under it (PaymentGateway.void).
+VOIDED_REASON = "voided before the charge"
+
+
 @dataclass(frozen=True)
 class ChargeResult:
     succeeded: bool
     reference: str
     decline_reason: str = ""
+
+    @property
+    def voided(self) -> bool:
+        """Nothing was charged under the key, and nothing will be: it was voided first."""
+        return not self.succeeded and self.decline_reason == VOIDED_REASON
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,16 @@ class RefundResult:
 class PaymentGateway(Protocol):
     def charge(self, *, idempotency_key: str, amount: Decimal, currency: str, buyer: str) -> ChargeResult:
         """Charge once per idempotency key; raise a TransientError when the outcome is unknown."""
+        ...
+
+    def void(self, *, idempotency_key: str, amount: Decimal, currency: str) -> ChargeResult:
+        """Close the key for good: if nothing was charged under it, nothing ever will be.
+
+        The first request under a key wins, as for charge(): a void before any charge returns a
+        voided result (`.voided`), and so does every later charge or void of the key; a key
+        charged before returns that charge's result (which then needs a refund). Raise a
+        TransientError when the outcome is unknown.
+        """
         ...
 
     def refund(self, *, idempotency_key: str, charge_reference: str, amount: Decimal, currency: str) -> RefundResult:
@@ -72,14 +91,23 @@ class SimulatedGateway:
     Behaviour, from settings: SIMULATED_GATEWAY_LATENCY_MS per request; charges above
     SIMULATED_GATEWAY_DECLINE_ABOVE are declined; while a SimulatedGatewayOutage of charges or of
     refunds is active (`manage.py gateway_outage [--refunds]`), every such request raises
-    GatewayUnavailable. Refunds are recorded in SimulatedRefund.
+    GatewayUnavailable (a void is a charge request). Refunds are recorded in SimulatedRefund.
     """
 
     def charge(self, *, idempotency_key: str, amount: Decimal, currency: str, buyer: str) -> ChargeResult:
+        declined = amount > settings.SIMULATED_GATEWAY_DECLINE_ABOVE
+        return self._first_under_key(idempotency_key, amount, currency, "insufficient funds" if declined else "")
+
+    def void(self, *, idempotency_key: str, amount: Decimal, currency: str) -> ChargeResult:
+        # A void is recorded as a declined charge of the key: whatever comes first under it wins.
+        return self._first_under_key(idempotency_key, amount, currency, VOIDED_REASON)
+
+    def _first_under_key(
+        self, idempotency_key: str, amount: Decimal, currency: str, decline_reason: str
+    ) -> ChargeResult:
         from billing.models import GatewayOperation, SimulatedCharge
 
         _as_another_system()
-        declined = amount > settings.SIMULATED_GATEWAY_DECLINE_ABOVE
         with connection.cursor() as cursor:
             # One statement, committed on its own (autocommit): charges the key unless the gateway
             # is down or the key was charged before (then nothing is inserted).
@@ -89,9 +117,9 @@ class SimulatedGateway:
                     idempotency_key,
                     amount,
                     currency,
-                    not declined,
+                    not decline_reason,
                     f"sim_{uuid.uuid4().hex[:20]}",
-                    "insufficient funds" if declined else "",
+                    decline_reason,
                 ],
             )
             charged = cursor.fetchone()

@@ -186,8 +186,11 @@ class Payment(EventSourcedModel):
     # --- Cancellation ---
 
     def void(self) -> None:
-        """A tombstone just opened for an order canceled before billing saw it: nothing will be charged."""
-        self._require(PaymentStatus.VOIDED)
+        """Nothing was charged and nothing will be: a tombstone just opened for an order canceled before
+        billing saw it, or a payment whose key billing voided at the gateway before any charge."""
+        if self.status not in (PaymentStatus.VOIDED, PaymentStatus.CHARGING):
+            raise ValueError(f"payment {self.id} is {self.status}: it cannot be voided")
+        self.status = PaymentStatus.VOIDED
         self.outcome_reason = "order canceled before payment"
         self.stage_event(PaymentVoided(order_id=str(self.order_id), payment_id=str(self.id)))
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django.db import transaction
 
-from billing.gateways import ChargeResult, get_gateway
+from billing.gateways import ChargeResult, PaymentGateway, get_gateway
 from billing.models import Payment, PaymentStatus
 from fraud.services import FraudVerdict, OrderToCheck, fraud_check_orders
 from ordering.messaging.consumer import EventBatch
@@ -32,8 +32,10 @@ def billing_bill_orders(batch: EventBatch) -> None:
     ids serialise on the payment row.
 
     An order canceled meanwhile is on its payment (billing_cancel_orders): canceled before step 1,
-    its payment is a void tombstone and nothing is charged; during the charge, a capture is
-    refunded in a fourth step, as is any payment a crash left refunding.
+    its payment is a void tombstone and nothing is charged; canceled while its payment was
+    charging and found so again (a retry, a replay), its key is voided at the gateway instead of
+    charged; canceled during the charge, a capture is refunded in a fourth step, as is any
+    payment a crash left refunding.
     """
     orders = [(envelope, envelope.event(OrderCreated)) for envelope in batch.envelopes]
     payments, checks = _open_payments(batch, orders)
@@ -41,15 +43,7 @@ def billing_bill_orders(batch: EventBatch) -> None:
     charging = {order_id: p for order_id, p in payments.items() if p.status == PaymentStatus.CHARGING}
     if charging:
         gateway = get_gateway()
-        results = {
-            order_id: gateway.charge(
-                idempotency_key=payment.idempotency_key,
-                amount=payment.amount,
-                currency=payment.currency,
-                buyer=payment.buyer,
-            )
-            for order_id, payment in charging.items()
-        }
+        results = {order_id: _charge_or_void(gateway, payment) for order_id, payment in charging.items()}
         with transaction.atomic(), outbox_collected():
             fresh = batch.claim([envelope for envelope, order in orders if order.order_id in results])
             # Locked, and still charging: another event of the same order may have recorded it first.
@@ -64,6 +58,20 @@ def billing_bill_orders(batch: EventBatch) -> None:
                     if payment.status == PaymentStatus.REFUNDING:
                         refunding.append(payment)
     _refund(batch, refunding)
+
+
+def _charge_or_void(gateway: PaymentGateway, payment: Payment) -> ChargeResult:
+    """Step 2 for one payment: charge it; or, canceled since (a retry, a replay), void its key instead.
+
+    An earlier attempt may have reached the gateway before it failed, so billing cannot know that
+    nothing was charged; voiding the key settles it at the gateway: nothing is ever charged under
+    it, or the earlier charge comes back (captured, then refunded).
+    """
+    if payment.cancel_requested:
+        return gateway.void(idempotency_key=payment.idempotency_key, amount=payment.amount, currency=payment.currency)
+    return gateway.charge(
+        idempotency_key=payment.idempotency_key, amount=payment.amount, currency=payment.currency, buyer=payment.buyer
+    )
 
 
 def billing_cancel_orders(batch: EventBatch) -> None:
@@ -217,11 +225,14 @@ def _open_payments(
 def _record_outcome(payment: Payment, result: ChargeResult, check: FraudVerdict) -> None:
     """Step 3 for one payment, locked: captured or declined, with its outcome event.
 
-    A capture of an order canceled meanwhile goes on to REFUNDING: its refund follows at once.
+    A capture of an order canceled meanwhile goes on to REFUNDING: its refund follows at once; a
+    key voided at the gateway ends the payment VOIDED.
     """
     if payment.status != PaymentStatus.CHARGING:
         return  # another event of the same order, earlier in this batch, recorded it
-    if result.succeeded:
+    if result.voided:
+        payment.void()
+    elif result.succeeded:
         payment.capture(gateway_reference=result.reference, fraud_score=check.score, fraud_reasons=check.reasons)
         if payment.cancel_requested:
             payment.request_refund()

@@ -145,3 +145,28 @@ def test_the_outage_command_switches_refunds_and_charges_separately():
     assert ongoing() == ["charge"]
     call_command("gateway_outage", "--off")
     assert ongoing() == []
+
+
+def void(key: str = "order-1") -> object:
+    return gateway.void(idempotency_key=key, amount=Decimal("30.00"), currency="EUR")
+
+
+def test_a_void_before_any_charge_closes_the_key_for_good():
+    assert void().voided
+    later = gateway.charge(idempotency_key="order-1", amount=Decimal("30.00"), currency="EUR", buyer="b@example.com")
+    assert later.voided and not later.succeeded
+    assert void().voided  # a repeat: the same answer
+    assert not SimulatedCharge.objects.filter(succeeded=True).exists()
+
+
+def test_a_void_after_a_charge_returns_the_charge():
+    reference = charge()
+    result = void()
+    assert (result.succeeded, result.voided, result.reference) == (True, False, reference)
+
+
+def test_a_void_is_a_charge_request_and_waits_out_a_charge_outage():
+    outage(GatewayOperation.CHARGE)
+    with pytest.raises(GatewayUnavailable):
+        void()
+    assert not SimulatedCharge.objects.exists()
