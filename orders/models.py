@@ -62,6 +62,9 @@ class Order(EventSourcedModel):
 
     class Meta:
         ordering = ["-created_at"]
+        # Staff who may ask billing to void or refund any order, in the admin (its cancel button
+        # and action); an API client cancels its own orders, and only those, without it.
+        permissions = [("cancel_order", "Can request the cancellation of any order")]
         constraints = [
             models.CheckConstraint(condition=models.Q(price__gt=0), name="order_price_positive"),
             models.CheckConstraint(condition=models.Q(quantity__gte=1), name="order_quantity_positive"),
