@@ -13,7 +13,7 @@ from ordering.idempotency import decorators as idempotency
 from ordering.parsers import JSONParser
 from ordering.schema import ErrorSerializer
 from ordering.throttling import CreateRateThrottle
-from orders.selectors import order_list_visible_to
+from orders.selectors import order_list_cancelable_by, order_list_visible_to
 from orders.serializers import OrderCreateSerializer, OrderSerializer
 from orders.services import OrderNotCancelable, order_create, order_request_cancel
 
@@ -55,6 +55,8 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     filterset_fields = ["status"]
 
     def get_queryset(self):
+        if self.action == "cancel":
+            return order_list_cancelable_by(user=self.request.user)
         return order_list_visible_to(user=self.request.user)
 
     def get_throttles(self) -> list[BaseThrottle]:
@@ -106,7 +108,7 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             400: OpenApiResponse(
                 ErrorSerializer, description="A malformed Idempotency-Key (`code` idempotency_key_invalid)."
             ),
-            404: OpenApiResponse(ErrorSerializer, description="No such order among this client's orders."),
+            404: OpenApiResponse(ErrorSerializer, description="No such order among this client's own orders."),
             409: OpenApiResponse(
                 ErrorSerializer,
                 description="The order is over (CANCELED_FRAUD, PAYMENT_DECLINED, CANCELED or REFUNDED): `code` "
@@ -123,7 +125,7 @@ class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     @idempotency.idempotent
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel the order: it is voided if not yet charged, refunded in full if it was."""
-        order = self.get_object()  # another client's order is 404, as everywhere
+        order = self.get_object()  # an order this client may not cancel is 404, as another's is everywhere
         try:
             with transaction.atomic():
                 order = order_request_cancel(order_id=order.pk, requested_by=f"api:{request.user.pk}")

@@ -29,6 +29,17 @@ def order_list_visible_to(*, user: AbstractBaseUser) -> QuerySet[Order]:
     return orders if user.has_perm("orders.view_order") else orders.filter(owner=user)
 
 
+def order_list_cancelable_by(*, user: AbstractBaseUser) -> QuerySet[Order]:
+    """The orders `user` may cancel through the API: its own.
+
+    Seeing every order (`orders.view_order`, an auditor's permission) is no licence to cancel them;
+    staff with `orders.cancel_order` cancel other clients' orders in the admin, where it is audited.
+    """
+    if not user.is_authenticated:
+        return Order.objects.none()
+    return Order.objects.select_related("owner").filter(owner=user)
+
+
 def order_list_stuck(*, older_than: timedelta) -> QuerySet[Order]:
     """Orders still PENDING after `older_than`: something upstream needs an operator."""
     return Order.objects.filter(status=OrderStatus.PENDING, created_at__lt=timezone.now() - older_than)

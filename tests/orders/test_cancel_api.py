@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import connection
 from rest_framework import serializers
 from rest_framework.test import APIClient
@@ -210,3 +211,20 @@ def test_canceling_canceled_and_refunded_orders_render_as_drf_renders_them(user)
     for order in Order.objects.filter(pk__in=[canceling.pk, canceled.pk, refunded_order.pk]):
         serializer = OrderSerializer(order)
         assert serializer.data == serializers.Serializer.to_representation(serializer, order)
+
+
+def test_seeing_every_order_is_no_licence_to_cancel_them(user):
+    """orders.view_order (auditors) reads every client's orders; the API cancels only a client's own. Staff
+    cancel others' orders in the admin (orders.cancel_order), where it is audited."""
+    order = make_order(user)
+    for permissions in (["view_order"], ["view_order", "cancel_order"]):
+        someone = get_user_model().objects.create_user(username=f"staff-{len(permissions)}", is_staff=True)
+        for codename in permissions:
+            someone.user_permissions.add(Permission.objects.get(codename=codename, content_type__app_label="orders"))
+        client = APIClient()
+        client.force_authenticate(someone)
+        assert client.get(f"/api/orders/{order.id}/").status_code == 200
+        assert cancel(client, order).status_code == 404
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PENDING
+    assert cancel_events(order) == []
