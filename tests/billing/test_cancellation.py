@@ -483,7 +483,7 @@ def test_a_batch_of_cancellations_handles_each_case(settings):
 
 
 @pytest.mark.parametrize("copy", ["the same event twice", "two events of the order"])
-@pytest.mark.parametrize("case", ["captured"])
+@pytest.mark.parametrize("case", ["captured", "unseen"])
 def test_two_cancellations_of_one_order_in_one_batch_refund_or_void_it_once(copy, case):
     created = order_created()
     if case == "captured":
