@@ -17,11 +17,11 @@ from ordering.messaging.admin import REPLAY_PERMISSION, replay_and_report
 from ordering.messaging.replay import ReplayCriteria
 from ordering.messaging.selectors import HistoryEntry, dead_letter_unresolved_exists, event_history
 from orders.models import Order, OrderStatus
-from orders.selectors import order_list_stuck, order_list_stuck_classified
+from orders.selectors import STUCK_STATUSES, order_list_stuck, order_list_stuck_classified
 
 
 def stuck_after() -> timedelta:
-    """PENDING longer than this is stuck: the watchdog's threshold, check_pipeline's and the metric's."""
+    """PENDING (or CANCELING) longer than this is stuck: the watchdog's threshold, check_pipeline's and the metric's."""
     return timedelta(seconds=settings.WATCHDOG["STUCK_AFTER_SECONDS"])
 
 
@@ -32,7 +32,7 @@ class ProblemFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin) -> list[tuple[str, str]]:
         return [
             ("dead_lettered", "Dead-lettered (unresolved dead letter)"),
-            ("stuck", f"Stuck (PENDING over {stuck_after().total_seconds() / 60:g} min)"),
+            ("stuck", f"Stuck (PENDING or CANCELING over {stuck_after().total_seconds() / 60:g} min)"),
         ]
 
     def queryset(self, request, queryset: QuerySet) -> QuerySet:
@@ -96,16 +96,17 @@ class OrderAdmin(admin.ModelAdmin):
     @admin.display(description="where it is")
     def pipeline(self, obj: Order) -> str:
         """The watchdog's view of a stuck order: in flight, dead-lettered or missing, and why."""
-        if obj.status != OrderStatus.PENDING:
+        if obj.status not in STUCK_STATUSES:
             return "done"
-        pending = timezone.now() - obj.created_at
-        if pending <= stuck_after():
-            return f"on its way (PENDING for {pending.total_seconds():.0f} s)"
+        since = obj.cancel_requested_at if obj.status == OrderStatus.CANCELING else obj.created_at
+        waiting = timezone.now() - since
+        if waiting <= stuck_after():
+            return f"on its way ({obj.status} for {waiting.total_seconds():.0f} s)"
         classified = order_list_stuck_classified(older_than=stuck_after(), order_ids=[str(obj.pk)])
         if not classified:  # it moved on meanwhile
             return "on its way"
         stuck = classified[0]
-        return f"stuck for {pending.total_seconds() / 60:.0f} min, {stuck.state}: {stuck.detail}"
+        return f"stuck for {waiting.total_seconds() / 60:.0f} min, {stuck.state}: {stuck.detail}"
 
     @admin.display(description="event history")
     def history(self, obj: Order) -> str:

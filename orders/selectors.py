@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
 from ordering import catalogue
@@ -40,46 +40,70 @@ def order_list_cancelable_by(*, user: AbstractBaseUser) -> QuerySet[Order]:
     return Order.objects.select_related("owner").filter(owner=user)
 
 
+# Statuses an order waits in for billing: for its outcome, or for the void or refund of its cancellation.
+STUCK_STATUSES = (OrderStatus.PENDING, OrderStatus.CANCELING)
+
+
 def order_list_stuck(*, older_than: timedelta) -> QuerySet[Order]:
-    """Orders still PENDING after `older_than`: something upstream needs an operator."""
-    return Order.objects.filter(status=OrderStatus.PENDING, created_at__lt=timezone.now() - older_than)
+    """Orders waiting for billing longer than `older_than`: something upstream needs an operator.
+
+    PENDING since its creation, or CANCELING since its cancellation was requested (an order
+    created long ago and canceled a minute ago is on its way).
+    """
+    cutoff = timezone.now() - older_than
+    return Order.objects.filter(
+        Q(status=OrderStatus.PENDING, created_at__lt=cutoff)
+        | Q(status=OrderStatus.CANCELING, cancel_requested_at__lt=cutoff)
+    )
+
+
+def _waiting_since() -> Case:
+    """When the order began to wait in its status: its creation, or its cancellation request."""
+    return Case(When(status=OrderStatus.CANCELING, then=F("cancel_requested_at")), default=F("created_at"))
 
 
 class StuckState(StrEnum):
-    """Why an order is still PENDING."""
+    """Why an order is still PENDING, or still CANCELING."""
 
     # An event of it is on its way: unpublished, published recently, or its task waits for a retry.
     IN_FLIGHT = "in flight"
     # A task failed for good on one of its events: the operator replays it (admin, replay_dead_letters).
     DEAD_LETTERED = "dead-lettered"
     # Nothing of it is on its way any more: its creation event is not in the outbox, or an event
-    # was published long ago and never handled. The watchdog re-drives it.
+    # was published long ago and never handled. The watchdog re-drives it (if it can: the detail says).
     MISSING = "missing"
 
 
 @dataclass(frozen=True)
 class StuckOrder:
     order_id: str
-    created_at: datetime
+    status: str  # PENDING or CANCELING
+    since: datetime  # when it began to wait in that status
     state: StuckState
     # What holds it up, for operators.
     detail: str
     # MISSING only: its published events some subscriber never handled, (event id, event type),
-    # which a re-drive publishes again under the same ids; and whether its creation event must
-    # be recorded again (the outbox has none and billing never handled one).
+    # which a re-drive publishes again under the same ids; and, PENDING only, whether its creation
+    # event must be recorded again (the outbox has none and billing never handled one).
     unconsumed_events: tuple[tuple[uuid.UUID, str], ...] = ()
     needs_creation_event: bool = False
 
 
 def order_list_stuck_classified(*, older_than: timedelta, order_ids: Iterable[str] | None = None) -> list[StuckOrder]:
-    """Orders PENDING longer than `older_than`, oldest first (WATCHDOG["MAX_ORDERS"] at most), each classified."""
-    orders = order_list_stuck(older_than=older_than).order_by("created_at").values_list("id", "created_at")
+    """Orders stuck longer than `older_than` (order_list_stuck), longest waiting first (WATCHDOG["MAX_ORDERS"]
+    at most), each classified."""
+    orders = (
+        order_list_stuck(older_than=older_than)
+        .annotate(since=_waiting_since())
+        .order_by("since")
+        .values_list("id", "status", "since")
+    )
     if order_ids is not None:
         orders = orders.filter(pk__in=list(order_ids))
-    pending = [(str(pk), created_at) for pk, created_at in orders[: settings.WATCHDOG["MAX_ORDERS"]]]
+    waiting = [(str(pk), status, since) for pk, status, since in orders[: settings.WATCHDOG["MAX_ORDERS"]]]
     in_flight_window = timedelta(seconds=settings.WATCHDOG["IN_FLIGHT_SECONDS"])
-    deliveries = aggregate_deliveries(aggregate_ids=[pk for pk, _ in pending], recent=in_flight_window)
-    return [_classified(pk, created_at, deliveries[pk]) for pk, created_at in pending]
+    deliveries = aggregate_deliveries(aggregate_ids=[pk for pk, _, _ in waiting], recent=in_flight_window)
+    return [_classified(pk, status, since, deliveries[pk]) for pk, status, since in waiting]
 
 
 def stuck_order_counts(*, older_than: timedelta) -> dict[str, int]:
@@ -90,9 +114,9 @@ def stuck_order_counts(*, older_than: timedelta) -> dict[str, int]:
     return counts
 
 
-def _classified(order_id: str, created_at: datetime, delivery: AggregateDelivery) -> StuckOrder:
+def _classified(order_id: str, status: str, since: datetime, delivery: AggregateDelivery) -> StuckOrder:
     def stuck(state: StuckState, detail: str, **redrive: object) -> StuckOrder:
-        return StuckOrder(order_id=order_id, created_at=created_at, state=state, detail=detail, **redrive)
+        return StuckOrder(order_id=order_id, status=status, since=since, state=state, detail=detail, **redrive)
 
     if delivery.dead_lettered:
         return stuck(StuckState.DEAD_LETTERED, "an unresolved dead letter")
@@ -107,8 +131,24 @@ def _classified(order_id: str, created_at: datetime, delivery: AggregateDelivery
             f"published long ago, never handled: {events}",
             unconsumed_events=tuple((event.id, event.event_type) for event in delivery.unconsumed),
         )
-    billed = any(consumer == catalogue.BILLING_HANDLE_ORDER_CREATED for consumer, _ in delivery.consumed)
-    if catalogue.ORDER_CREATED not in delivery.recorded_types and not billed:
-        return stuck(StuckState.MISSING, "no order_created event in the outbox", needs_creation_event=True)
+    detail, needs_creation_event = _nothing_on_its_way(status, delivery)
+    return stuck(StuckState.MISSING, detail, needs_creation_event=needs_creation_event)
+
+
+def _nothing_on_its_way(status: str, delivery: AggregateDelivery) -> tuple[str, bool]:
+    """Missing, with no event left to publish again: what to tell operators, and whether the order's
+    creation event is to be recorded anew (PENDING only)."""
+    consumers, recorded = {consumer for consumer, _ in delivery.consumed}, delivery.recorded_types
+    if status == OrderStatus.CANCELING:
+        # Not recorded anew: the event commits with the status change, so a missing one was deleted
+        # (by hand, or purged), and who asked is only in it; an operator looks.
+        if (
+            catalogue.ORDER_CANCEL_REQUESTED not in recorded
+            and catalogue.BILLING_HANDLE_ORDER_CANCEL_REQUESTED not in consumers
+        ):
+            return "no cancel_requested event in the outbox: needs an operator", False
+        return "billing handled the cancellation and no outcome is left to deliver: needs an operator", False
+    if catalogue.ORDER_CREATED not in recorded and catalogue.BILLING_HANDLE_ORDER_CREATED not in consumers:
+        return "no order_created event in the outbox", True
     # Billing handled it and no outcome is left to deliver: nothing a re-drive could send.
-    return stuck(StuckState.MISSING, "billing handled it and no outcome is left to deliver: needs an operator")
+    return "billing handled it and no outcome is left to deliver: needs an operator", False

@@ -233,9 +233,11 @@ class Redrive:
 def order_redrive_missing(*, older_than: timedelta) -> list[Redrive]:
     """Re-drive every stuck order whose events went missing (StuckState.MISSING); leave the others.
 
-    In flight ones are on their way; dead-lettered ones wait for an operator's replay. Each order
-    is re-driven in its own transaction, locked and classified again first, so two runs at once
-    (two beats by mistake, a manual run) re-drive it once.
+    Stuck is PENDING or CANCELING (orders/selectors.py): a CANCELING order's unhandled events are
+    published again like a PENDING one's (its cancellation, billing's void or refund); only a PENDING
+    order's creation event is ever recorded anew. In flight ones are on their way; dead-lettered
+    ones wait for an operator's replay. Each order is re-driven in its own transaction, locked and
+    classified again first, so two runs at once (two beats by mistake, a manual run) re-drive it once.
     """
     redriven = []
     for stuck in order_list_stuck_classified(older_than=older_than):
@@ -253,7 +255,7 @@ def _order_redrive(*, order_id: str, older_than: timedelta) -> Redrive | None:
     if not again or again[0].state is not StuckState.MISSING:
         return None  # no longer stuck, or another run re-drove it meanwhile
     stuck = again[0]
-    pending_seconds = (timezone.now() - order.created_at).total_seconds()
+    waiting_seconds = (timezone.now() - stuck.since).total_seconds()
     if stuck.unconsumed_events:
         # Same event ids: a consumer that handled one after all drops the copy (its inbox).
         event_ids = tuple(event_id for event_id, _ in stuck.unconsumed_events)
@@ -273,13 +275,15 @@ def _order_redrive(*, order_id: str, older_than: timedelta) -> Redrive | None:
         )
         redrive = Redrive(order_id, catalogue.ORDER_CREATED, (event_id,), republished=False)
     else:
-        logger.error("order %s: PENDING for %d s, nothing to re-drive: %s", order_id, pending_seconds, stuck.detail)
+        logger.error(
+            "order %s: %s for %d s, nothing to re-drive: %s", order_id, stuck.status, waiting_seconds, stuck.detail
+        )
         return None
     logger.warning(
         "order %s: %s event missing after %d s; re-driven as event %s%s",
         order_id,
         _event_name(redrive.event_type),
-        pending_seconds,
+        waiting_seconds,
         ", ".join(str(event_id) for event_id in redrive.event_ids),
         " (published again)" if redrive.republished else "",
     )

@@ -52,7 +52,7 @@ def test_stuck_orders_with_their_state_unpublished_events_and_dead_letters_by_or
     with pytest.raises(CommandError):
         call_command("check_pipeline", stdout=out)
     report = out.getvalue()
-    assert "orders pending > 5 min: 3 (in flight 1, dead-lettered 1, missing 1)" in report
+    assert "orders pending or canceling > 5 min: 3 (in flight 1, dead-lettered 1, missing 1)" in report
     assert f"order {waiting.id}  pending 10 min  in flight: an event waits for the relay" in report
     assert f"order {dead_lettered.id}  pending 10 min  dead-lettered: an unresolved dead letter" in report
     assert f"order {missing.id}  pending 10 min  missing: no order_created event in the outbox" in report

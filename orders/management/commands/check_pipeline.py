@@ -26,7 +26,7 @@ class Command(BaseCommand):
             "--pending-minutes",
             type=float,
             default=settings.WATCHDOG["STUCK_AFTER_SECONDS"] / 60,
-            help="PENDING longer than this is stuck (default: WATCHDOG_STUCK_AFTER_SECONDS)",
+            help="PENDING (or CANCELING) longer than this is stuck (default: WATCHDOG_STUCK_AFTER_SECONDS)",
         )
         parser.add_argument("--outbox-seconds", type=float, default=60, help="unpublished longer than this is late")
 
@@ -39,11 +39,13 @@ class Command(BaseCommand):
         backlog = outbox_backlog(older_than=timedelta(seconds=options["outbox_seconds"]))
         dead = dead_letters_unresolved()
         by_state = ", ".join(f"{state} {counts[state]}" for state in StuckState)
-        self.stdout.write(f"orders pending > {options['pending_minutes']:g} min: {total} ({by_state})")
+        self.stdout.write(f"orders pending or canceling > {options['pending_minutes']:g} min: {total} ({by_state})")
         now = timezone.now()
         for stuck in classified[:SHOWN]:
-            minutes = (now - stuck.created_at).total_seconds() / 60
-            self.stdout.write(f"  order {stuck.order_id}  pending {minutes:.0f} min  {stuck.state}: {stuck.detail}")
+            minutes = (now - stuck.since).total_seconds() / 60
+            self.stdout.write(
+                f"  order {stuck.order_id}  {stuck.status.lower()} {minutes:.0f} min  {stuck.state}: {stuck.detail}"
+            )
         self.stdout.write(f"outbox events unpublished > {options['outbox_seconds']:g} s: {backlog}")
         self.stdout.write(f"unresolved dead letters: {len(dead)}")
         for failure in dead[:SHOWN]:
