@@ -1,14 +1,24 @@
 """Order admin: search and filter orders (dead-lettered, stuck), read one with its whole history, replay
-its dead letters; nothing is editable (orders change only through services)."""
+its dead letters, request cancellations; nothing is editable (orders change only through services).
+
+A cancellation, from an order's page or as an action on the list, needs the `orders.cancel_order`
+permission (without it neither button nor action is offered, and the view answers 403). It is a
+POST with a CSRF token, after a confirmation page, and calls the service the API calls
+(`order_request_cancel`), as `admin:<user id>`; each request that moved an order to CANCELING is
+recorded in Django's admin log (LogEntry) in the same transaction as the order's change.
+"""
 
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -16,8 +26,12 @@ from django.utils.html import format_html, format_html_join
 from ordering.messaging.admin import REPLAY_PERMISSION, replay_and_report
 from ordering.messaging.replay import ReplayCriteria
 from ordering.messaging.selectors import HistoryEntry, dead_letter_unresolved_exists, event_history
-from orders.models import Order, OrderStatus
-from orders.selectors import STUCK_STATUSES, order_list_stuck, order_list_stuck_classified
+from orders.models import CANCELABLE_STATUSES, Order, OrderStatus
+from orders.selectors import STUCK_STATUSES, order_event_summary, order_list_stuck, order_list_stuck_classified
+from orders.services import OrderNotCancelable, order_request_cancel
+
+CANCEL_PERMISSION = "orders.cancel_order"
+CANCEL_CONFIRM_TEMPLATE = "admin/orders/order/cancel_confirmation.html"
 
 
 def stuck_after() -> timedelta:
@@ -54,12 +68,21 @@ class OrderAdmin(admin.ModelAdmin):
     search_fields = ["=id", "buyer", "product_name", "owner__username"]
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
+    actions = ["cancel_selected"]
     fieldsets = [
         (None, {"fields": ["id", "status", "status_reason", "pipeline", "owner", "correlation_id"]}),
         ("Order", {"fields": ["product_name", "quantity", "price", "currency", "buyer"]}),
-        ("Outcome", {"fields": ["fraud_decision", "fraud_score", "fraud_reasons", "payment_reference"]}),
+        (
+            "Outcome",
+            {
+                "fields": [
+                    "fraud_decision", "fraud_score", "fraud_reasons", "payment_reference", "cancel_requested_at",
+                    "refund_reference",
+                ]
+            },
+        ),
         ("History", {"fields": ["created_at", "updated_at", "history"]}),
-    ]
+    ]  # fmt: skip
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return (
@@ -84,6 +107,9 @@ class OrderAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(CANCEL_PERMISSION)
 
     @admin.display(description="dead-lettered", boolean=True, ordering="dead_lettered")
     def is_dead_lettered(self, obj: Order) -> bool:
@@ -110,7 +136,8 @@ class OrderAdmin(admin.ModelAdmin):
 
     @admin.display(description="event history")
     def history(self, obj: Order) -> str:
-        entries = event_history(order_id=str(obj.id))
+        # Each event says what it means too (who asked for a cancellation, the refund's reference).
+        entries = event_history(order_id=str(obj.id), describe=order_event_summary)
         if obj.is_terminal:
             # The status change itself: the last write of the order (its outcome event is consumed above).
             entries = sorted(
@@ -128,19 +155,26 @@ class OrderAdmin(admin.ModelAdmin):
             "<table><tr><th>time</th><th>what</th><th>detail</th><th>correlation id</th></tr>{}</table>", rows
         )
 
-    # -- replay this order's dead letters (object tool)
+    # -- object tools: replay this order's dead letters, cancel this order
 
     def get_urls(self) -> list:
-        view = self.admin_site.admin_view(self.replay_dead_letters_view)
+        replay = self.admin_site.admin_view(self.replay_dead_letters_view)
+        cancel = self.admin_site.admin_view(self.cancel_view)
         return [
-            path("<path:object_id>/replay-dead-letters/", view, name="orders_order_replay_dead_letters"),
+            path("<path:object_id>/replay-dead-letters/", replay, name="orders_order_replay_dead_letters"),
+            path("<path:object_id>/cancel/", cancel, name="orders_order_cancel"),
             *super().get_urls(),
         ]
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
     ) -> HttpResponse:
-        context = {"can_replay_dead_letters": request.user.has_perm(REPLAY_PERMISSION), **(extra_context or {})}
+        context = {
+            "can_replay_dead_letters": request.user.has_perm(REPLAY_PERMISSION),
+            "can_cancel": self.has_cancel_permission(request),
+            "cancelable_statuses": sorted(CANCELABLE_STATUSES),
+            **(extra_context or {}),
+        }
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def replay_dead_letters_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -152,3 +186,75 @@ class OrderAdmin(admin.ModelAdmin):
         criteria = ReplayCriteria(order_id=str(order.id), reset_retries=True)
         replay_and_report(request, criteria=criteria, reason=request.POST.get("reason", ""))
         return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST from the order's page: the confirmation page; POST from that page (confirm): the cancellation."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not (self.has_view_permission(request) and self.has_cancel_permission(request)):
+            raise PermissionDenied
+        order = get_object_or_404(Order.objects.select_related("owner"), pk=object_id)
+        if "confirm" not in request.POST:
+            return self._confirm_cancel(request, [order], action=None)
+        self._cancel_and_report(request, [order])
+        return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
+
+    @admin.action(description="Request the cancellation of the selected orders", permissions=["cancel"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        orders = list(queryset.select_related("owner").order_by("created_at"))
+        if "confirm" not in request.POST:
+            return self._confirm_cancel(request, orders, action="cancel_selected")
+        self._cancel_and_report(request, orders)
+        return None
+
+    def _confirm_cancel(self, request: HttpRequest, orders: list[Order], *, action: str | None) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Request the cancellation" + (" of this order" if len(orders) == 1 else " of these orders"),
+            "orders": [(order, _what_a_cancellation_does(order)) for order in orders],
+            "cancelable": sum(order.status in CANCELABLE_STATUSES for order in orders),
+            "action": action,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, CANCEL_CONFIRM_TEMPLATE, context)
+
+    def _cancel_and_report(self, request: HttpRequest, orders: list[Order]) -> None:
+        """Request each order's cancellation as `request.user`, audit each one that moved, and say what happened."""
+        requested_by = f"admin:{request.user.pk}"
+        moved = 0
+        for order in orders:
+            try:
+                # One transaction per order: its change, its event and its audit row commit together,
+                # and one order that is over refuses alone.
+                with transaction.atomic():
+                    was = order.status
+                    canceled = order_request_cancel(order_id=order.pk, requested_by=requested_by)
+                    # The service leaves an order already CANCELING as it is: nothing to audit then.
+                    if was != OrderStatus.CANCELING:
+                        self.log_change(request, canceled, f"Requested the cancellation of the order (was {was}).")
+                        moved += 1
+            except OrderNotCancelable as exc:
+                messages.error(
+                    request, f"Order {order.pk} is {exc.order.status} and can no longer be canceled: nothing changed."
+                )
+                continue
+            if was == OrderStatus.CANCELING:
+                messages.info(request, f"Order {order.pk} is being canceled already.")
+        if moved:
+            messages.success(
+                request,
+                f"Requested the cancellation of {moved} order{'s' * (moved != 1)}: billing voids a payment not yet "
+                "charged and refunds a captured one.",
+            )
+
+
+def _what_a_cancellation_does(order: Order) -> str:
+    """For the confirmation page: what a cancellation would do to `order` as it is now."""
+    if order.status == OrderStatus.PENDING:
+        return "not charged yet: billing voids its payment (or refunds it, if the charge is in flight)"
+    if order.status == OrderStatus.PROCESSED:
+        return f"charged ({order.payment_reference}): billing refunds {order.amount} {order.currency} in full"
+    if order.status == OrderStatus.CANCELING:
+        return "being canceled already: nothing more to do"
+    return f"{order.get_status_display()}: can no longer be canceled"

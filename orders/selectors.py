@@ -7,11 +7,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Case, F, Q, QuerySet, When
 from django.utils import timezone
 
 from ordering import catalogue
+from ordering.messaging.models import OutboxEvent
 from ordering.messaging.selectors import AggregateDelivery, aggregate_deliveries
 from orders.models import Order, OrderStatus
 
@@ -38,6 +40,55 @@ def order_list_cancelable_by(*, user: AbstractBaseUser) -> QuerySet[Order]:
     if not user.is_authenticated:
         return Order.objects.none()
     return Order.objects.select_related("owner").filter(owner=user)
+
+
+# What each of an order's events means, in an operator's words, from the fields of its payload.
+_EVENT_SUMMARIES = {
+    catalogue.ORDER_CANCEL_REQUESTED: "cancellation requested by {requester}",
+    catalogue.PAYMENT_VOIDED: "payment voided, nothing was charged",
+    catalogue.PAYMENT_REFUNDED: (
+        "refunded {amount} {currency} in full: refund {refund_reference} of charge {gateway_reference}"
+    ),
+    catalogue.PAYMENT_CAPTURED: "charged {amount} {currency}: charge {gateway_reference}",
+    catalogue.PAYMENT_DECLINED: "charge declined: {reason}",
+    catalogue.PAYMENT_BLOCKED: "blocked by fraud: {reasons}",
+}
+
+
+class _PayloadFields(dict):
+    """A payload's fields for a summary: lists joined, a field its version lacks read as "?"."""
+
+    def __missing__(self, name: str) -> str:
+        return "?"
+
+    def __getitem__(self, name: str) -> str:
+        value = super().__getitem__(name)
+        if isinstance(value, list):
+            value = ", ".join(str(item) for item in value)
+        return "?" if value in (None, "") else str(value)
+
+
+def order_event_summary(event: OutboxEvent) -> str:
+    """What one of an order's events means, for its timeline in the admin ("" for nothing to add)."""
+    template = _EVENT_SUMMARIES.get(event.event_type)
+    if template is None:
+        return ""
+    fields = _PayloadFields(event.payload if isinstance(event.payload, dict) else {})
+    if event.event_type == catalogue.ORDER_CANCEL_REQUESTED:
+        fields["requester"] = _requester(fields["requested_by"])
+    if event.event_type == catalogue.PAYMENT_BLOCKED:  # version 1 named them `reasons`
+        fields["reasons"] = fields.get("fraud_reasons") or fields.get("reasons")
+    return template.format_map(fields)
+
+
+def _requester(requested_by: str) -> str:
+    """Who asked, e.g. "admin:7" -> "admin:7 (ops)": with the user's name while the user exists."""
+    _, _, pk = requested_by.partition(":")
+    if not pk.isdigit():
+        return requested_by
+    users = get_user_model()
+    username = users.objects.filter(pk=pk).values_list(users.USERNAME_FIELD, flat=True).first()
+    return f"{requested_by} ({username})" if username else requested_by
 
 
 # Statuses an order waits in for billing: for its outcome, or for the void or refund of its cancellation.

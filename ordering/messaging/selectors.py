@@ -1,7 +1,7 @@
 """Reads over the messaging tables: event history of an order, dead-letter failure details."""
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -40,17 +40,22 @@ class HistoryEntry:
     correlation_id: str = ""
 
 
-def event_history(*, order_id: str) -> list[HistoryEntry]:
+def event_history(*, order_id: str, describe: Callable[[OutboxEvent], str] | None = None) -> list[HistoryEntry]:
     """Everything the messaging layer saw for an order, in time order: events written, published,
-    consumed; retries, dead-lettering, and operators' replays and discards (who)."""
+    consumed; retries, dead-lettering, and operators' replays and discards (who).
+
+    `describe(event)`, if given, says what a recorded event means ("" for nothing to add): the
+    domain's words, which this layer does not know.
+    """
     entries: list[HistoryEntry] = []
     correlation: dict[str, str] = {}
     for event in OutboxEvent.objects.filter(aggregate_id=order_id):
         correlation[str(event.id)] = event.correlation_id
+        meaning = describe(event) if describe is not None else ""
         entries.append(
             HistoryEntry(
                 event.occurred_at,
-                f"recorded {event.event_type} v{event.version}",
+                f"recorded {event.event_type} v{event.version}" + (f": {meaning}" if meaning else ""),
                 str(event.id),
                 event.correlation_id,
             )
