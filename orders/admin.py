@@ -230,7 +230,8 @@ class OrderAdmin(admin.ModelAdmin):
                 with transaction.atomic():
                     was = order.status
                     canceled = order_request_cancel(order_id=order.pk, requested_by=requested_by)
-                    # The service leaves an order already CANCELING as it is: nothing to audit then.
+                    # The service leaves an order already CANCELING as it is: nothing to audit then. (As
+                    # read before the request: two operators at the same moment are both recorded.)
                     if was != OrderStatus.CANCELING:
                         self.log_change(request, canceled, f"Requested the cancellation of the order (was {was}).")
                         moved += 1
