@@ -86,11 +86,7 @@ def order_mark_processed(
     """
 
     def capture(order: Order) -> None:
-        if (amount, currency) != (order.amount, order.currency):
-            raise PermanentError(
-                f"order {order.id}: captured {amount} {currency} does not match the order's {order.amount} "
-                f"{order.currency}"
-            )
+        _require_order_amount(order, "captured", amount, currency)
         if order.status == OrderStatus.CANCELING:
             # Charged while the cancellation was on its way: billing refunds it, and its
             # PaymentRefunded ends the order. Keep the reference meanwhile, for operators.
@@ -120,13 +116,27 @@ def order_mark_canceled(*, order_id: str) -> None:
 
 
 @transaction.atomic(savepoint=False)
-def order_mark_refunded(*, order_id: str, payment_reference: str, refund_reference: str) -> None:
-    """CANCELING -> REFUNDED: billing refunded the captured payment in full."""
+def order_mark_refunded(
+    *, order_id: str, payment_reference: str, refund_reference: str, amount: Decimal, currency: str
+) -> None:
+    """CANCELING -> REFUNDED: billing refunded the captured payment in full.
+
+    A refund of any other amount or currency is not this order's (a forged or broken event): it
+    fails permanently and is dead-lettered, as a capture would.
+    """
 
     def refund(order: Order) -> None:
+        _require_order_amount(order, "refunded", amount, currency)
         order.mark_refunded(payment_reference=payment_reference, refund_reference=refund_reference)
 
     _transition(order_id, "REFUNDED", refund, None)
+
+
+def _require_order_amount(order: Order, what: str, amount: Decimal, currency: str) -> None:
+    if (amount, currency) != (order.amount, order.currency):
+        raise PermanentError(
+            f"order {order.id}: {what} {amount} {currency} does not match the order's {order.amount} {order.currency}"
+        )
 
 
 class OrderNotCancelable(Exception):

@@ -82,6 +82,8 @@ def handle_payment_refunded(envelope: Envelope) -> None:
         order_id=envelope.aggregate_id,
         payment_reference=event.gateway_reference,
         refund_reference=event.refund_reference,
+        amount=_money(event.amount),
+        currency=event.currency,
     )
 
 

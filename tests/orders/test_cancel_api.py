@@ -45,7 +45,13 @@ def processed(order: Order, reference: str = "sim_1") -> None:
 def refunded(order: Order) -> None:
     processed(order)
     order_request_cancel(order_id=order.id, requested_by="test")
-    order_mark_refunded(order_id=str(order.id), payment_reference="sim_1", refund_reference="sim_re_1")
+    order_mark_refunded(
+        order_id=str(order.id),
+        payment_reference="sim_1",
+        refund_reference="sim_re_1",
+        amount=order.amount,
+        currency=order.currency,
+    )
 
 
 # Each ends in a status a cancellation can no longer change, through the services that put it there.

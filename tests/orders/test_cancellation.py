@@ -54,7 +54,13 @@ def _canceled(order: Order) -> None:
 def _refunded(order: Order) -> None:
     _processed(order)
     _canceling(order)
-    order_mark_refunded(order_id=str(order.id), payment_reference="sim_1", refund_reference="sim_re_1")
+    order_mark_refunded(
+        order_id=str(order.id),
+        payment_reference="sim_1",
+        refund_reference="sim_re_1",
+        amount=order.amount,
+        currency=order.currency,
+    )
 
 
 SETUP: dict[str, Callable[[Order], None]] = {
@@ -241,3 +247,17 @@ def test_order_request_cancel_of_an_order_that_is_over_raises_and_changes_nothin
         order_request_cancel(order_id=order.id, requested_by="test")
     assert row(order) == before
     assert OutboxEvent.objects.count() == events_before
+
+
+def test_a_refund_of_another_amount_is_not_this_orders_and_is_dead_lettered(user):
+    order = make_order(user)
+    _processed(order)
+    _canceling(order)
+    forged = envelope_for(
+        PaymentRefunded(
+            order_id=str(order.id), payment_id=str(uuid.uuid4()), amount="0.01", currency="EUR",
+            gateway_reference="sim_charge", refund_reference="sim_re_9",
+        )
+    )  # fmt: skip
+    assert deliver(catalogue.ORDERS_HANDLE_PAYMENT_REFUNDED, forged) == [Outcome.REJECT]
+    assert Order.objects.get(pk=order.id).status == OrderStatus.CANCELING
