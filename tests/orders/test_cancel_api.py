@@ -17,13 +17,10 @@ from orders.models import Order, OrderStatus
 from orders.serializers import OrderSerializer
 from orders.services import (
     order_mark_canceled,
-    order_mark_canceled_fraud,
-    order_mark_payment_declined,
-    order_mark_processed,
-    order_mark_refunded,
     order_request_cancel,
 )
 from tests.conftest import make_order
+from tests.orders.statuses import SETUP, processed, refunded
 from tests.orders.test_idempotency import token_client
 
 pytestmark = pytest.mark.django_db
@@ -38,32 +35,8 @@ def cancel_events(order: Order) -> list[OutboxEvent]:
     return list(OutboxEvent.objects.filter(aggregate_id=str(order.id), event_type=catalogue.ORDER_CANCEL_REQUESTED))
 
 
-def processed(order: Order, reference: str = "sim_1") -> None:
-    order_mark_processed(order_id=str(order.id), payment_reference=reference, amount=order.amount, currency="EUR")
-
-
-def refunded(order: Order) -> None:
-    processed(order)
-    order_request_cancel(order_id=order.id, requested_by="test")
-    order_mark_refunded(
-        order_id=str(order.id),
-        payment_reference="sim_1",
-        refund_reference="sim_re_1",
-        amount=order.amount,
-        currency=order.currency,
-    )
-
-
 # Each ends in a status a cancellation can no longer change, through the services that put it there.
-OVER = {
-    OrderStatus.CANCELED_FRAUD: lambda o: order_mark_canceled_fraud(order_id=str(o.id), reason="buyer_blocked"),
-    OrderStatus.PAYMENT_DECLINED: lambda o: order_mark_payment_declined(order_id=str(o.id), reason="no funds"),
-    OrderStatus.CANCELED: lambda o: (
-        order_request_cancel(order_id=o.id, requested_by="test"),
-        order_mark_canceled(order_id=str(o.id)),
-    ),
-    OrderStatus.REFUNDED: refunded,
-}
+OVER = [OrderStatus.CANCELED_FRAUD, OrderStatus.PAYMENT_DECLINED, OrderStatus.CANCELED, OrderStatus.REFUNDED]
 
 
 def test_cancel_answers_202_canceling_and_records_one_cancel_requested_event(api_client, user):
@@ -104,10 +77,10 @@ def test_a_processed_order_can_be_canceled(api_client, user):
     assert len(cancel_events(order)) == 1
 
 
-@pytest.mark.parametrize("status", list(OVER))
+@pytest.mark.parametrize("status", OVER)
 def test_an_order_that_is_over_is_409_order_not_cancelable_and_nothing_is_recorded(api_client, user, status):
     order = make_order(user)
-    OVER[status](order)
+    SETUP[status](order)
     order.refresh_from_db()
     assert order.status == status
     events_before = OutboxEvent.objects.count()
@@ -212,7 +185,7 @@ def test_a_refunded_orders_payment_names_the_charge_and_its_refund(api_client, u
 def test_canceling_canceled_and_refunded_orders_render_as_drf_renders_them(user):
     canceling, canceled, refunded_order = make_order(user), make_order(user), make_order(user)
     order_request_cancel(order_id=canceling.id, requested_by="test")
-    OVER[OrderStatus.CANCELED](canceled)
+    SETUP[OrderStatus.CANCELED](canceled)
     refunded(refunded_order)
     for order in Order.objects.filter(pk__in=[canceling.pk, canceled.pk, refunded_order.pk]):
         serializer = OrderSerializer(order)

@@ -7,7 +7,6 @@ lists is applied once, every other one is refused, logged and changes nothing.
 
 import logging
 import uuid
-from collections.abc import Callable
 
 import pytest
 from django.db import transaction
@@ -21,65 +20,14 @@ from ordering.messaging.models import OutboxEvent, ProcessedEvent
 from orders.models import Order, OrderStatus
 from orders.services import (
     OrderNotCancelable,
-    order_mark_canceled,
-    order_mark_canceled_fraud,
-    order_mark_payment_declined,
-    order_mark_processed,
-    order_mark_refunded,
     order_request_cancel,
 )
 from tests.conftest import envelope_for, make_order
 from tests.consumers import deliver
 from tests.events import payment_captured
+from tests.orders.statuses import SETUP, canceling, order_in, processed
 
 pytestmark = pytest.mark.django_db
-
-
-# --- orders in each status, put there by the services that do it in production --------------------
-
-
-def _processed(order: Order) -> None:
-    order_mark_processed(order_id=str(order.id), payment_reference="sim_1", amount=order.amount, currency="EUR")
-
-
-def _canceling(order: Order) -> None:
-    order_request_cancel(order_id=order.id, requested_by="test")
-
-
-def _canceled(order: Order) -> None:
-    _canceling(order)
-    order_mark_canceled(order_id=str(order.id))
-
-
-def _refunded(order: Order) -> None:
-    _processed(order)
-    _canceling(order)
-    order_mark_refunded(
-        order_id=str(order.id),
-        payment_reference="sim_1",
-        refund_reference="sim_re_1",
-        amount=order.amount,
-        currency=order.currency,
-    )
-
-
-SETUP: dict[str, Callable[[Order], None]] = {
-    OrderStatus.PENDING: lambda order: None,
-    OrderStatus.PROCESSED: _processed,
-    OrderStatus.CANCELING: _canceling,
-    OrderStatus.CANCELED: _canceled,
-    OrderStatus.REFUNDED: _refunded,
-    OrderStatus.PAYMENT_DECLINED: lambda order: order_mark_payment_declined(order_id=str(order.id), reason="no funds"),
-    OrderStatus.CANCELED_FRAUD: lambda order: order_mark_canceled_fraud(order_id=str(order.id), reason="blocked"),
-}
-
-
-def order_in(user, status: str) -> Order:
-    order = make_order(user)
-    SETUP[status](order)
-    order.refresh_from_db()
-    assert order.status == status
-    return order
 
 
 # --- billing's outcomes, as the relay delivers them ------------------------------------------------
@@ -251,8 +199,8 @@ def test_order_request_cancel_of_an_order_that_is_over_raises_and_changes_nothin
 
 def test_a_refund_of_another_amount_is_not_this_orders_and_is_dead_lettered(user):
     order = make_order(user)
-    _processed(order)
-    _canceling(order)
+    processed(order)
+    canceling(order)
     forged = envelope_for(
         PaymentRefunded(
             order_id=str(order.id), payment_id=str(uuid.uuid4()), amount="0.01", currency="EUR",
