@@ -15,7 +15,6 @@ from billing.models import (
     GatewayOperation,
     Payment,
     PaymentStatus,
-    SimulatedCharge,
     SimulatedGatewayOutage,
     SimulatedRefund,
 )
@@ -27,15 +26,14 @@ from tests.commands import command_output
 from tests.conftest import make_order
 from tests.integration.conftest import reconfigured, wait_for_status
 from tests.processes import wait_until
+from tests.saga.pipeline import gateway_requests
 from tests.services import publish_copies, rabbitmq_start_app, rabbitmqctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def ledger(order) -> tuple[int, int]:
-    """(successful charges, successful refunds) of the order at the gateway."""
-    charges = SimulatedCharge.objects.filter(idempotency_key=f"order-{order.id}", succeeded=True)
-    return charges.count(), SimulatedRefund.objects.filter(charge__in=charges, succeeded=True).count()
+    return gateway_requests(str(order.id))
 
 
 def cancel(order) -> None:
