@@ -52,7 +52,8 @@ def billing_bill_orders(batch: EventBatch) -> None:
             )
             for envelope, _ in batch.each(fresh, OrderCreated):
                 payment = charging[envelope.aggregate_id]
-                if payment.pk in still_charging:
+                if payment.pk in still_charging and payment.status == PaymentStatus.CHARGING:
+                    # (Not yet recorded by another event of the same order, earlier in this batch.)
                     payment.cancel_requested = still_charging[payment.pk]
                     _record_outcome(payment, results[envelope.aggregate_id], checks[envelope.aggregate_id])
                     if payment.status == PaymentStatus.REFUNDING:
@@ -228,8 +229,6 @@ def _record_outcome(payment: Payment, result: ChargeResult, check: FraudVerdict)
     A capture of an order canceled meanwhile goes on to REFUNDING: its refund follows at once; a
     key voided at the gateway ends the payment VOIDED.
     """
-    if payment.status != PaymentStatus.CHARGING:
-        return  # another event of the same order, earlier in this batch, recorded it
     if result.voided:
         payment.void()
     elif result.succeeded:

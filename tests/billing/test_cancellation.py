@@ -144,6 +144,21 @@ class HeldChargeGateway(SimulatedGateway):
         return super().charge(**request)
 
 
+class CancelDuringChargeGateway(SimulatedGateway):
+    """The order's cancellation is consumed while its charge is at the gateway (in this same thread)."""
+
+    cancellation: Envelope | None = None
+    refund_requests = 0
+
+    def charge(self, **request):
+        assert deliver(CANCEL, CancelDuringChargeGateway.cancellation) == [Outcome.ACK]
+        return super().charge(**request)
+
+    def refund(self, **request):
+        CancelDuringChargeGateway.refund_requests += 1
+        return super().refund(**request)
+
+
 # --- A cancellation before billing saw the order ----------------------------------------------------
 
 
@@ -498,3 +513,18 @@ def test_two_cancellations_of_one_order_in_one_batch_refund_or_void_it_once(copy
         assert payment(created).status == PaymentStatus.VOIDED
         assert money(created) == (0, 0, 0)
         assert billing_events(created) == ["voided"]
+
+
+def test_two_copies_of_an_order_in_one_batch_canceled_during_the_charge_refund_it_once(settings):
+    created = order_created()
+    copy = envelope_for(created.event(OrderCreated))  # the same order under another event id
+    CancelDuringChargeGateway.cancellation = cancel_requested(created)
+    settings.PAYMENT_GATEWAY = f"{THIS_MODULE}.CancelDuringChargeGateway"
+    assert deliver(CREATED, created, copy) == [Outcome.ACK, Outcome.ACK]
+    # One request, in one pass: the batch did not fail and run again message by message.
+    assert CancelDuringChargeGateway.refund_requests == 1
+    payment = Payment.objects.get(order_id=created.aggregate_id)
+    assert payment.status == PaymentStatus.REFUNDED
+    assert SimulatedRefund.objects.filter(succeeded=True).count() == 1
+    refunded = OutboxEvent.objects.filter(aggregate_id=created.aggregate_id, event_type=catalogue.PAYMENT_REFUNDED)
+    assert refunded.count() == 1
