@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from ordering.celery import app
 from ordering.messaging.topology import declare_topology
 from tests.chaos.system import free_port, wait_for_web
+from tests.conftest import purge_consumer_queues
 from tests.integration.conftest import process_env
 from tests.processes import ROOT, ProcessGroup
 
@@ -59,6 +60,7 @@ def running_system(transactional_db, tmp_path):
     """web (gunicorn, DEBUG off, static files collected), relay and one worker per queue; yields web's URL."""
     with app.connection_for_write() as conn:
         declare_topology(conn)
+        purge_consumer_queues(conn)  # the test counts what reaches the DLQ: only its own messages
     env = {**process_env(), "SECRET_KEY": "browser-test-only", "DEBUG": "false", "SECURE_SSL_REDIRECT": "false"}
     env.update(SESSION_COOKIE_SECURE="false", CSRF_COOKIE_SECURE="false")
     # WhiteNoise serves the admin's CSS from STATIC_ROOT when DEBUG is off.
