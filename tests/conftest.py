@@ -39,6 +39,8 @@ def broker():
         declare_topology(conn)
         purge_consumer_queues(conn)
         yield conn
+    with app.connection_for_write() as conn:  # a fresh channel: the test may have closed or broken its own
+        declare_topology(conn)  # and deleted a queue (replay to a missing queue): declared again
         purge_consumer_queues(conn)
 
 
