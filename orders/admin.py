@@ -124,8 +124,7 @@ class OrderAdmin(admin.ModelAdmin):
         """The watchdog's view of a stuck order: in flight, dead-lettered or missing, and why."""
         if obj.status not in STUCK_STATUSES:
             return "done"
-        since = obj.cancel_requested_at if obj.status == OrderStatus.CANCELING else obj.created_at
-        waiting = timezone.now() - since
+        waiting = timezone.now() - obj.waiting_since
         if waiting <= stuck_after():
             return f"on its way ({obj.status} for {waiting.total_seconds():.0f} s)"
         classified = order_list_stuck_classified(older_than=stuck_after(), order_ids=[str(obj.pk)])

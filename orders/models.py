@@ -1,6 +1,7 @@
 """The Order aggregate: its status machine and the events its transitions stage."""
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -85,6 +86,16 @@ class Order(EventSourcedModel):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def waiting_since(self) -> datetime:
+        """When the order began to wait for billing in its status: its cancellation request, or its creation.
+
+        orders/selectors.py computes the same in SQL for the stuck-order queries.
+        """
+        if self.status == OrderStatus.CANCELING and self.cancel_requested_at is not None:
+            return self.cancel_requested_at
+        return self.created_at
 
     def stage_created(self) -> None:
         self.stage_event(

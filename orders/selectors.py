@@ -109,7 +109,7 @@ def order_list_stuck(*, older_than: timedelta) -> QuerySet[Order]:
 
 
 def _waiting_since() -> Case:
-    """When the order began to wait in its status: its creation, or its cancellation request."""
+    """Order.waiting_since in SQL: when the order began to wait in its status."""
     return Case(When(status=OrderStatus.CANCELING, then=F("cancel_requested_at")), default=F("created_at"))
 
 
