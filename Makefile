@@ -15,7 +15,7 @@ BILLING_METRICS_PORT ?= 9101
 ORDERS_METRICS_PORT ?= 9102
 RELAY_METRICS_PORT ?= 9103
 
-.PHONY: help venv lock db run demo-user flower test lint chaos chaos-long bench clean
+.PHONY: help venv lock db run demo-user flower test lint chaos chaos-long bench cluster cluster-stop clean
 
 help:
 	@echo "make run         start the whole system (web :$(PORT), relay, workers) in the foreground"
@@ -25,6 +25,7 @@ help:
 	@echo "make chaos       the short fault-injection run with its ledger check"
 	@echo "make chaos-long  the long fault-injection run (>= 10,000 orders, >= 20 faults)"
 	@echo "make bench       throughput and latency numbers of the pipeline"
+	@echo "make cluster     start a three-node RabbitMQ cluster on 5673-5675 (make cluster-stop stops it)"
 	@echo "make lint        ruff"
 	@echo "make lock        re-resolve requirements/*.in into the hashed requirements/*.txt"
 	@echo "make clean       remove the virtualenv, collected static files and caches"
@@ -89,6 +90,14 @@ chaos-long: venv
 
 bench: venv
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+# A three-node RabbitMQ cluster from the installed rabbitmq-server, beside the machine's own node
+# (untouched). `make run CELERY_BROKER_URL="$$(scripts/rabbitmq-cluster.sh urls)"` runs against it.
+cluster:
+	scripts/rabbitmq-cluster.sh start
+
+cluster-stop:
+	scripts/rabbitmq-cluster.sh stop
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

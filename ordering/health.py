@@ -14,6 +14,7 @@ from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable
 
 from ordering import catalogue
+from ordering.messaging.broker import connect
 from ordering.messaging.selectors import outbox_backlog
 
 
@@ -26,7 +27,7 @@ class ConsumerQueues(HealthCheck):
 
         try:
             with app.connection_for_read() as broker:
-                broker.ensure_connection(max_retries=1, timeout=3)
+                connect(broker, timeout=3)
                 channel = broker.channel()
                 idle = []
                 for queue in catalogue.CONSUMER_QUEUES:

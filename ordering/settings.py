@@ -3,6 +3,7 @@
 Each section names the variables it reads; README.md lists them all with their defaults.
 """
 
+import random
 import tempfile
 from datetime import timedelta
 from decimal import Decimal
@@ -296,7 +297,11 @@ LOGGING = {
 # All Celery settings live here with the CELERY_ prefix (ordering/celery.py loads them).
 # Topology (exchanges, queues, dead-letter exchange) is in ordering/messaging/topology.py.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+# A RabbitMQ cluster is given as its nodes' URLs separated by ';' (kombu's failover list): a client
+# connects to one node and moves on to the next when that one fails. Each process takes the list in
+# an order of its own, so the clients spread over the nodes instead of all starting on the first.
+_BROKER_NODES = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//").split(";")
+CELERY_BROKER_URL = ";".join(random.sample(_BROKER_NODES, len(_BROKER_NODES)))
 # Publisher confirms: a publish returns only once RabbitMQ has taken responsibility for the message.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -353,6 +358,11 @@ MESSAGING = {
     # Deliveries of one message before RabbitMQ dead-letters it (quorum queue x-delivery-limit):
     # the guard against a message that kills its worker every time.
     "DELIVERY_LIMIT": env.int("QUEUE_DELIVERY_LIMIT", default=10),
+    # Replicas of each quorum queue (x-quorum-initial-group-size) on a cluster; a single node holds
+    # the one replica there can be. 3 survives the loss of one node (a majority of 3 is 2). 0: the
+    # broker's default. RabbitMQ compares it on every declaration, so a queue declared with
+    # another value must be re-created for a new one to apply (README, "Scaling out").
+    "QUORUM_INITIAL_GROUP_SIZE": env.int("QUORUM_INITIAL_GROUP_SIZE", default=3),
     # Messages one pool process handles in one batch, at most (one transaction, one commit).
     "CONSUMER_BATCH_MAX": CONSUMER_BATCH_MAX,
     # Per batch: past the soft limit SoftTimeLimitExceeded is raised in it (what it had not

@@ -35,6 +35,7 @@ from kombu import Connection
 
 from ordering import catalogue
 from ordering.messaging import metrics
+from ordering.messaging.broker import connect
 from ordering.messaging.context import event_headers, log_fields_of_headers
 from ordering.messaging.envelope import Envelope
 from ordering.messaging.models import OutboxEvent
@@ -168,7 +169,7 @@ class OutboxRelay:
         if self._publisher is None:
             broker = connection_for_confirmed_batches(self.app)
             broker.heartbeat = self.app.conf.broker_heartbeat
-            broker.ensure_connection(max_retries=1)
+            connect(broker)  # any node of a cluster
             # Every (re)connection declares (or checks) the topology: the broker may have lost
             # it, and a message rejected towards a missing dead-letter exchange vanishes.
             ensure_topology(broker)

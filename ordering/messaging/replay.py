@@ -35,6 +35,7 @@ from kombu.message import Message
 
 from ordering import catalogue
 from ordering.messaging import metrics
+from ordering.messaging.broker import connect
 from ordering.messaging.models import DeadLetter, DeadLetterAction, DeadLetterOutcome
 from ordering.messaging.publisher import (
     ConfirmedPublisher,
@@ -410,7 +411,7 @@ def replay_connection() -> Iterator[Connection]:
 
     url = settings.MESSAGING["REPLAY_BROKER_URL"] or None
     with connection_for_confirmed_batches(app, url=url) as connection:
-        connection.ensure_connection(max_retries=3)
+        connect(connection, rounds=3)
         yield connection
 
 

@@ -38,7 +38,7 @@ def consumer_queue(name: str) -> Queue:
         routing_key=name,
         durable=True,
         queue_arguments={
-            "x-queue-type": "quorum",
+            **_replicated(),
             "x-delivery-limit": settings.MESSAGING["DELIVERY_LIMIT"],
             "x-dead-letter-exchange": catalogue.DEAD_LETTER_EXCHANGE,
             # Fixed key: without it a retried message would be dead-lettered with the routing
@@ -50,20 +50,31 @@ def consumer_queue(name: str) -> Queue:
     )
 
 
-def dead_letter_queue(name: str) -> Queue:
-    """The DLQ of consumer queue `name`.
+# Returns a dead letter may take before its DLQ drops it: out of reach. Replay and the admin's
+# listing hold the letters they skip unacked and return them, and a quorum queue counts every
+# return against its delivery limit (RabbitMQ 4 sets 20 when none is given; 3.x has none). A
+# million returns is one replay a minute for two years; -1 ("no limit") means no limit only on 4.x.
+DEAD_LETTER_QUEUE_DELIVERY_LIMIT = 1_000_000
 
-    Classic, not quorum: replay holds skipped messages unacked and returns them, and a quorum
-    queue would count each return against a delivery limit (RabbitMQ 4 sets one by default) and
-    eventually drop the dead letter with nowhere left to go.
+
+def dead_letter_queue(name: str) -> Queue:
+    """The DLQ of consumer queue `name`: a quorum queue too, so it survives the loss of a node.
+
+    It has no dead-letter exchange of its own: a letter is only ever replayed or discarded by hand.
     """
     return Queue(
         catalogue.dead_letter_queue(name),
         exchange=DEAD_LETTER_EXCHANGE,
         routing_key=name,
         durable=True,
-        queue_arguments={"x-queue-type": "classic"},
+        queue_arguments={**_replicated(), "x-delivery-limit": DEAD_LETTER_QUEUE_DELIVERY_LIMIT},
     )
+
+
+def _replicated() -> dict[str, object]:
+    """The arguments of a quorum queue with MESSAGING["QUORUM_INITIAL_GROUP_SIZE"] replicas."""
+    group_size = settings.MESSAGING["QUORUM_INITIAL_GROUP_SIZE"]
+    return {"x-queue-type": "quorum"} | ({"x-quorum-initial-group-size": group_size} if group_size else {})
 
 
 # A periodic job's message older than this is dropped unconsumed: beat sends a fresh one on its
@@ -85,7 +96,7 @@ def maintenance_queue() -> Queue:
         routing_key=catalogue.MAINTENANCE_QUEUE,
         durable=True,
         queue_arguments={
-            "x-queue-type": "quorum",
+            **_replicated(),
             "x-delivery-limit": settings.MESSAGING["DELIVERY_LIMIT"],
             "x-message-ttl": MAINTENANCE_MESSAGE_TTL_MS,
         },

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand
 
 from ordering.celery import app
+from ordering.messaging.broker import connect
 from ordering.messaging.topology import declare_topology
 
 
@@ -11,6 +12,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=3)
+            connect(connection, rounds=3)
             declare_topology(connection)
         self.stdout.write(self.style.SUCCESS("topology declared"))
