@@ -83,13 +83,13 @@ lint: venv
 	$(BIN)/ruff check .
 
 chaos: venv
-	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
+	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS) $(ARGS)
 
 chaos-long: venv
-	$(BIN)/python -m tests.chaos.run --orders 10000 --faults 26 $(CHAOS_ARGS)
+	$(BIN)/python -m tests.chaos.run --orders 10000 --faults 26 $(CHAOS_ARGS) $(ARGS)
 
 bench: venv
-	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench $(BENCH_ARGS) $(ARGS)
 
 # A three-node RabbitMQ cluster from the installed rabbitmq-server, beside the machine's own node
 # (untouched). `make run CELERY_BROKER_URL="$$(scripts/rabbitmq-cluster.sh urls)"` runs against it.

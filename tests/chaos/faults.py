@@ -136,14 +136,80 @@ def broker_restart(ctx: FaultContext) -> dict:
 
 def broker_close_connections(ctx: FaultContext) -> dict:
     """rabbitmqctl close_all_connections for the run's vhost: every client reconnects."""
-    out = subprocess.run(
-        ["rabbitmqctl", "close_all_connections", "--vhost", ctx.environment.vhost, "chaos: connections closed"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    out = ctx.environment.rabbitmqctl(
+        "close_all_connections", "--vhost", ctx.environment.vhost, "chaos: connections closed"
     )
     return {"output": out.stdout.strip().splitlines()[-1:] or ""}
+
+
+# --- Nodes of a RabbitMQ cluster (--cluster) ---------------------------------------------------
+
+
+def _queue_leaders(ctx: FaultContext) -> dict[str, str]:
+    """Which node leads each queue of the system now (not Celery's own delay queues)."""
+    from ordering import catalogue
+
+    assert ctx.environment.cluster is not None
+    ours = {*catalogue.CONSUMER_QUEUES, *map(catalogue.dead_letter_queue, catalogue.CONSUMER_QUEUES)}
+    ours.add(catalogue.MAINTENANCE_QUEUE)
+    return {q["name"]: q["leader"] for q in ctx.environment.cluster.queues(ctx.environment.vhost) if q["name"] in ours}
+
+
+def _node_loss(ctx: FaultContext, n: int, *, how: str) -> dict:
+    """Take node `n` down (SIGKILL, or stop_app: its connections cut, the VM up), a few seconds, back.
+
+    Records which queues it led, how long the cluster took to elect another leader for billing's
+    queue, and how long the node took to come back.
+    """
+    from ordering import catalogue
+
+    cluster = ctx.environment.cluster
+    assert cluster is not None
+    led = sorted(name for name, leader in _queue_leaders(ctx).items() if leader == cluster.node(n))
+    down = round(ctx.rng.uniform(3, 6), 1)
+    detail: dict = {"node": cluster.node(n), "how": how, "led": led, "down_seconds": down}
+    started = time.monotonic()
+    try:
+        if how == "kill":
+            detail["pid"] = ctx.services.node_kill(n)
+        else:
+            ctx.services.node_stop_app(n)
+        if catalogue.BILLING_QUEUE in led:
+            new_leader = cluster.wait_for_leader(ctx.environment.vhost, catalogue.BILLING_QUEUE, not_on=n)
+            detail["new_leader"] = cluster.node(new_leader)
+            detail["election_seconds"] = round(time.monotonic() - started, 1)
+        ctx.sleep(max(0.0, down - (time.monotonic() - started)))
+    finally:
+        back = time.monotonic()
+        ctx.services.nodes_start()
+        detail["restart_seconds"] = round(time.monotonic() - back, 1)
+    return detail
+
+
+def node_kill_leader(ctx: FaultContext) -> dict:
+    """SIGKILL the node that leads billing's queue: a new leader is elected, its clients reconnect."""
+    from ordering import catalogue
+
+    cluster = ctx.environment.cluster
+    assert cluster is not None
+    return _node_loss(ctx, cluster.leader(ctx.environment.vhost, catalogue.BILLING_QUEUE), how="kill")
+
+
+def node_kill(ctx: FaultContext) -> dict:
+    """SIGKILL a node that does not lead billing's queue (it may lead another one, and holds replicas)."""
+    from ordering import catalogue
+
+    cluster = ctx.environment.cluster
+    assert cluster is not None
+    leader = cluster.leader(ctx.environment.vhost, catalogue.BILLING_QUEUE)
+    return _node_loss(ctx, ctx.rng.choice([n for n in cluster.nodes if n != leader]), how="kill")
+
+
+def node_stop_app(ctx: FaultContext) -> dict:
+    """rabbitmqctl stop_app on a random node while clients are connected to it, then start_app."""
+    cluster = ctx.environment.cluster
+    assert cluster is not None
+    return _node_loss(ctx, ctx.rng.choice(list(cluster.nodes)), how="stop_app")
 
 
 def db_terminate_backends(ctx: FaultContext) -> dict:
@@ -424,8 +490,22 @@ FAULTS: dict[str, Callable[[FaultContext], dict]] = {
     "gateway_refund_outage": gateway_refund_outage,
 }
 OPTIONAL_FAULTS: dict[str, Callable[[FaultContext], dict]] = {"db_restart": db_restart}
+# With --cluster: the cluster's faults instead of stopping the machine's single node.
+CLUSTER_FAULTS: dict[str, Callable[[FaultContext], dict]] = {
+    "node_kill_leader": node_kill_leader,
+    "node_kill": node_kill,
+    "node_stop_app": node_stop_app,
+}
+SINGLE_NODE_FAULTS = frozenset({"broker_restart"})
 # Faults during which the API must keep answering 201 (the broker is not needed to accept orders).
-BROKER_FAULTS = frozenset({"broker_restart", "broker_close_connections"})
+BROKER_FAULTS = frozenset({"broker_restart", "broker_close_connections", *CLUSTER_FAULTS})
+
+
+def fault_kinds(*, cluster: bool) -> list[str]:
+    """Every kind a run injects by default: on a cluster, node losses instead of the single node's restart."""
+    if cluster:
+        return [kind for kind in FAULTS if kind not in SINGLE_NODE_FAULTS] + list(CLUSTER_FAULTS)
+    return list(FAULTS)
 
 
 def schedule(count: int, kinds: list[str], rng: random.Random) -> list[str]:
@@ -442,7 +522,7 @@ def inject(ctx: FaultContext, kind: str) -> FaultRecord:
     record = FaultRecord(kind=kind, started_at=time.time())
     ctx.log(f"fault {kind}: start")
     try:
-        record.detail = (FAULTS | OPTIONAL_FAULTS)[kind](ctx)
+        record.detail = (FAULTS | OPTIONAL_FAULTS | CLUSTER_FAULTS)[kind](ctx)
     except KeyboardInterrupt:
         raise
     except Exception as exc:

@@ -19,6 +19,7 @@ from decimal import Decimal
 from tests.chaos.cancels import NOT_CANCELABLE_CODE, CancelRequest
 from tests.chaos.faults import BROKER_FAULTS, FaultContext, FaultRecord
 from tests.chaos.load import OrderLoad, expected_status
+from tests.chaos.system import ChaosEnvironment
 
 # The cancellation contract's own words, not the core's sets: the ledger is an oracle, and an
 # oracle that imported CANCELABLE_STATUSES would agree with a bug in it. These are the statuses a
@@ -72,17 +73,18 @@ def pipeline_state() -> dict[str, int]:
     }
 
 
-def queue_stats(vhost: str) -> dict[str, dict[str, int]]:
-    """Ready and unacknowledged messages of every queue of the vhost (rabbitmqctl)."""
+def queue_stats(environment: ChaosEnvironment) -> dict[str, dict[str, int]]:
+    """Ready and unacknowledged messages of every queue of the run's vhost (rabbitmqctl)."""
     columns = ["name", "messages_ready", "messages_unacknowledged"]
-    command = ["rabbitmqctl", "list_queues", "-q", "-p", vhost, *columns, "--formatter", "json"]
     for attempt in range(30):  # the node is shared: someone may be restarting its app
-        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
-        if result.returncode == 0 or attempt == 29:
+        try:
+            out = environment.rabbitmqctl("list_queues", "-q", "-p", environment.vhost, *columns, "--formatter", "json")
             break
-        time.sleep(2)
-    result.check_returncode()
-    out = result.stdout
+        except (subprocess.SubprocessError, RuntimeError):
+            if attempt == 29:
+                raise
+            time.sleep(2)
+    out = out.stdout
     return {
         q["name"]: {"ready": int(q["messages_ready"] or 0), "unacked": int(q["messages_unacknowledged"] or 0)}
         for q in json.loads(out or "[]")
@@ -378,7 +380,7 @@ def build_ledger(  # noqa: PLR0915
         if d.task_id not in poison_ids and not selectors.dead_letter_resolved(d)
     )
 
-    queues = queue_stats(ctx.environment.vhost)
+    queues = queue_stats(ctx.environment)
     left_in_queues = {
         name: q for name, q in queues.items() if not name.endswith(".dlq") and (q["ready"] or q["unacked"])
     }

@@ -3,6 +3,8 @@
 1. creates its own database and RabbitMQ vhost, migrates, declares the topology, creates an
    API user with a token;
 2. starts the system as real processes (gunicorn with 3 workers, 2 relays, 2 workers per queue);
+   with --cluster, against a three-node RabbitMQ cluster (tests/cluster.py; started if it is not
+   running, and stopped afterwards if the run started it), whose nodes it kills and stops too;
 3. sends orders over HTTP at a fixed rate, and cancels a share of them at random moments, while
    it injects faults on a schedule;
 4. drains (replaying dead letters of long gateway outages, of charges and of refunds), checks the
@@ -27,25 +29,26 @@ from pathlib import Path
 
 from tests.chaos.cancels import DEFAULT_SHARE
 from tests.chaos.faults import (
+    CLUSTER_FAULTS,
     FAULTS,
     OPTIONAL_FAULTS,
     FaultContext,
     FaultRecord,
+    fault_kinds,
     inject,
     replay_cancel_requested,
     replay_order_created,
     schedule,
 )
 from tests.chaos.system import ChaosEnvironment, SharedServices, build_processes, free_port, wait_for_web
+from tests.cluster import RabbitCluster
 from tests.processes import ROOT
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.run", description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=1000, help="orders to send (default %(default)s)")
-    parser.add_argument(
-        "--faults", type=int, default=len(FAULTS), help="faults to inject (default %(default)s: every kind once)"
-    )
+    parser.add_argument("--faults", type=int, help="faults to inject (default: every kind of --kinds once)")
     parser.add_argument("--rate", type=float, default=12.0, help="orders per second (default %(default)s)")
     parser.add_argument(
         "--cancel-share",
@@ -54,8 +57,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of accepted orders to cancel, each at a random moment (default %(default)s)",
     )
     parser.add_argument(
-        "--kinds", help=f"comma-separated fault kinds (default: all of {', '.join(FAULTS)}; optional: db_restart)"
+        "--kinds",
+        help=f"comma-separated fault kinds (default: all of {', '.join(FAULTS)}; optional: db_restart; "
+        f"with --cluster: {', '.join(CLUSTER_FAULTS)} instead of broker_restart)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run against a three-node RabbitMQ cluster (make cluster's: 5673-5675) and kill its nodes",
+    )
+    parser.add_argument("--cluster-name", default="ordering", help="the cluster's name (default %(default)s)")
+    parser.add_argument("--cluster-port-base", type=int, default=5673, help="its first node's AMQP port")
     parser.add_argument(
         "--pg-restart",
         action="store_true",
@@ -68,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the ledger JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the run's database and vhost afterwards")
     args = parser.parse_args(argv)
-    if args.orders < 1 or args.rate <= 0 or args.faults < 0 or not 0 <= args.cancel_share <= 1:
+    if args.orders < 1 or args.rate <= 0 or (args.faults or 0) < 0 or not 0 <= args.cancel_share <= 1:
         parser.error("--orders >= 1, --rate > 0, --faults >= 0, 0 <= --cancel-share <= 1")
     return args
 
@@ -123,7 +135,7 @@ def drain(ctx: FaultContext, timeout: float, last_fault_end: float) -> dict:
         close_old_connections()
         state = pipeline_state()
         if not any(state.values()):
-            queues = queue_stats(ctx.environment.vhost)
+            queues = queue_stats(ctx.environment)
             busy = {n: q for n, q in queues.items() if not n.endswith(".dlq") and (q["ready"] or q["unacked"])}
             if not busy:
                 return {
@@ -166,7 +178,8 @@ def restart_dead_processes(ctx: FaultContext) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
     args = parse_args(argv)
-    environment = ChaosEnvironment()
+    cluster = RabbitCluster(name=args.cluster_name, port_base=args.cluster_port_base) if args.cluster else None
+    environment = ChaosEnvironment(cluster=cluster)
     out_dir = args.out or ROOT / "chaos-results" / environment.run_id
     log_dir = out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -179,20 +192,29 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
         run_log.write(line + "\n")
         run_log.flush()
 
+    cluster_started: list[int] = []
+    if cluster is not None:
+        log(f"cluster {cluster.name}: starting the nodes that do not run")
+        try:
+            cluster_started = cluster.start()
+        except Exception as exc:  # reported as a missing service below
+            log(f"cluster {cluster.name} did not start: {exc}")
     missing = environment.missing_services()
     if missing:
         log("the chaos run needs these services, which are not available: " + "; ".join(missing))
         return 2
 
-    kinds = args.kinds.split(",") if args.kinds else list(FAULTS) + (["db_restart"] if args.pg_restart else [])
-    unknown = [k for k in kinds if k not in FAULTS | OPTIONAL_FAULTS]
+    kinds = args.kinds.split(",") if args.kinds else fault_kinds(cluster=args.cluster)
+    kinds += ["db_restart"] if args.pg_restart and not args.kinds else []
+    known = FAULTS | OPTIONAL_FAULTS | CLUSTER_FAULTS if args.cluster else FAULTS | OPTIONAL_FAULTS
+    unknown = [k for k in kinds if k not in known or (args.cluster and k == "broker_restart")]
     if unknown:
         log(f"unknown fault kinds: {', '.join(unknown)}")
         return 2
     rng = random.Random(args.seed)
-    plan = schedule(args.faults, kinds, rng)
+    plan = schedule(len(kinds) if args.faults is None else args.faults, kinds, rng)
 
-    services = SharedServices()
+    services = SharedServices(cluster)
     stop = threading.Event()
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     group = load = None
@@ -260,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
         )
         ledger["command"] = "python -m tests.chaos.run " + " ".join(argv if argv is not None else sys.argv[1:])
         ledger["processes"] = list(group.processes)
+        ledger["broker"] = (
+            {"cluster": cluster.name, "nodes": [cluster.node(n) for n in cluster.nodes]}
+            if cluster is not None
+            else {"single_node": "127.0.0.1:5672"}
+        )
         ledger["started_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t0))
         ledger["wall_seconds"] = round(time.time() - t0, 1)
         text = format_ledger(ledger, t0)
@@ -299,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
 
                 connections.close_all()
             environment.destroy()
+        if cluster is not None and len(cluster_started) == cluster.size:
+            with contextlib.suppress(Exception):
+                cluster.stop()
+                log(f"cluster {cluster.name} stopped (the run had started it)")
         signal.signal(signal.SIGTERM, previous_sigterm)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         log(f"exit {status}")

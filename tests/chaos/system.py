@@ -2,8 +2,9 @@
 
 Everything here is created for one run and removed after it: database `ordering_chaos_<id>`,
 vhost `ordering-chaos-<id>`. The machine's PostgreSQL and RabbitMQ are shared with the rest of
-the test suite, so whatever the run stops (the RabbitMQ app, a PostgreSQL cluster) is tracked in
-`SharedServices` and brought back by `restore()`, which the run calls in `finally`.
+the test suite, so whatever the run stops (the RabbitMQ app, a PostgreSQL cluster, a node of the
+RabbitMQ cluster of --cluster) is tracked in `SharedServices` and brought back by `restore()`,
+which the run calls in `finally`.
 """
 
 import contextlib
@@ -18,6 +19,7 @@ import psycopg
 import requests
 from psycopg import sql
 
+from tests.cluster import RabbitCluster
 from tests.processes import ProcessGroup, free_port  # noqa: F401 (free_port: imported from here too)
 from tests.services import rabbitmq_start_app, rabbitmqctl, reachable
 
@@ -77,9 +79,31 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 class SharedServices:
     """What the run has stopped on the machine's shared services, and how to bring it back."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: RabbitCluster | None = None) -> None:
         self.broker_stopped = False
         self.postgres_stopped = False
+        self.cluster = cluster
+        self.nodes_killed: set[int] = set()
+        self.node_apps_stopped: set[int] = set()
+
+    def node_kill(self, n: int) -> int:
+        assert self.cluster is not None
+        self.nodes_killed.add(n)
+        return self.cluster.kill(n)
+
+    def node_stop_app(self, n: int) -> None:
+        assert self.cluster is not None
+        self.node_apps_stopped.add(n)
+        self.cluster.stop_app(n)
+
+    def nodes_start(self) -> None:
+        """Bring back every node the run took down: start_app where only the app stopped, else the node."""
+        assert self.cluster is not None
+        for n in sorted(self.node_apps_stopped):
+            self.cluster.start_app(n)
+            self.node_apps_stopped.discard(n)
+        self.cluster.start()
+        self.nodes_killed.clear()
 
     def broker_stop(self) -> None:
         self.broker_stopped = True
@@ -98,6 +122,10 @@ class SharedServices:
     def restore(self) -> list[str]:
         """Start whatever is still stopped; returns what had to be restored."""
         restored = []
+        if self.cluster is not None and (self.nodes_killed or self.node_apps_stopped):
+            with contextlib.suppress(Exception):
+                self.nodes_start()
+                restored.append(f"cluster {self.cluster.name}: every node")
         if self.broker_stopped or not reachable(AMQP_HOST, AMQP_PORT):
             with contextlib.suppress(Exception):
                 self.broker_start()
@@ -121,12 +149,14 @@ class ChaosEnvironment:
     """The run's database and vhost, and the environment its processes get.
 
     `kind` names the run in the database and vhost; `process_env` is what its processes get on
-    top of this process's environment (the chaos run's retry policy by default).
+    top of this process's environment (the chaos run's retry policy by default). With `cluster`,
+    the broker is that RabbitMQ cluster (every node in the URL list), not the machine's node.
     """
 
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     kind: str = "chaos"
     process_env: dict[str, str] = field(default_factory=lambda: dict(PROCESS_ENV))
+    cluster: RabbitCluster | None = None
 
     @property
     def database(self) -> str:
@@ -142,7 +172,15 @@ class ChaosEnvironment:
 
     @property
     def broker_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.urls(self.vhost)
         return f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{self.vhost}"
+
+    def rabbitmqctl(self, *args: str) -> subprocess.CompletedProcess:
+        """rabbitmqctl against the run's broker: the machine's node, or a running node of the cluster."""
+        if self.cluster is not None:
+            return self.cluster.ctl_any(*args, timeout=60)
+        return rabbitmqctl(*args, timeout=60)
 
     def env(self) -> dict[str, str]:
         return {
@@ -157,6 +195,11 @@ class ChaosEnvironment:
         missing = []
         if not reachable(PG_HOST, PG_PORT):
             missing.append(f"PostgreSQL on {PG_HOST}:{PG_PORT}")
+        if self.cluster is not None:
+            missing += [
+                f"RabbitMQ node {self.cluster.node(n)}" for n in self.cluster.nodes if not self.cluster.running(n)
+            ]
+            return missing
         if not reachable(AMQP_HOST, AMQP_PORT):
             missing.append(f"RabbitMQ on {AMQP_HOST}:{AMQP_PORT}")
         # The node is shared: another test run may be between its own stop_app and start_app.
@@ -176,12 +219,12 @@ class ChaosEnvironment:
     def create(self) -> None:
         with admin_connection() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
-        rabbitmqctl("add_vhost", self.vhost)
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        self.rabbitmqctl("add_vhost", self.vhost)
+        self.rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
 
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
-            rabbitmqctl("delete_vhost", self.vhost, check=False)
+            self.rabbitmqctl("delete_vhost", self.vhost)
         with contextlib.suppress(Exception), admin_connection() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
 
