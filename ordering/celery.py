@@ -8,8 +8,10 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 from celery.worker import consumer
+from celery.worker.consumer.delayed_delivery import MAX_RETRIES, RETRIED_EXCEPTIONS, RETRY_INTERVAL, DelayedDelivery
 from kombu import Connection
 from kombu.message import Message
+from kombu.utils.functional import retry_over_time
 
 from ordering.logging import celery_banner_as_log_line, celery_keeps_django_logging
 
@@ -46,6 +48,31 @@ def _configure_queues(sender: Celery, **kwargs) -> None:
     sender.conf.task_default_queue = sender.conf.task_queues[0].name
 
 
+class DelayedDeliveryThroughAnyNode(DelayedDelivery):
+    """Celery's native delayed delivery (retries waiting in the broker), set up through any one node.
+
+    Celery takes every URL of a failover list for a broker of its own and sets each up, with
+    retries 1, 3 and 5 s apart for one that does not answer, before the worker consumes again: a
+    worker that reconnects after a cluster lost a node would wait ten seconds for the dead one. A
+    cluster's nodes share exchanges, queues and bindings, so one node is enough, and the failover
+    connection (the whole list) finds one that runs.
+    """
+
+    def start(self, c: consumer.Consumer) -> None:
+        self._validate_configuration(c.app)
+        try:
+            retry_over_time(
+                self._setup_delayed_delivery,
+                args=(c, c.app.conf.broker_url),
+                catch=RETRIED_EXCEPTIONS,
+                errback=self._on_retry,
+                interval_start=RETRY_INTERVAL,
+                max_retries=MAX_RETRIES,
+            )
+        except Exception as exc:  # as Celery: the worker consumes on, without delayed retries
+            logger.critical("native delayed delivery could not be set up, retries will not wait in the broker: %s", exc)
+
+
 class Consumer(consumer.Consumer):
     """Celery's consumer, reconnecting to a broker that went away every few seconds at most.
 
@@ -53,6 +80,12 @@ class Consumer(consumer.Consumer):
     after a half-minute outage a worker could stay away for many seconds more while its queue
     fills. Here they start at 0.5 s and stop growing at BROKER_RECONNECT_MAX_SECONDS.
     """
+
+    class Blueprint(consumer.Consumer.Blueprint):
+        default_steps = [
+            "ordering.celery:DelayedDeliveryThroughAnyNode" if step.endswith(":DelayedDelivery") else step
+            for step in consumer.Consumer.Blueprint.default_steps
+        ]
 
     def ensure_connected(self, conn):
         return super().ensure_connected(reconnecting_quickly(conn))

@@ -114,8 +114,8 @@ class RabbitCluster:
         self.ctl(n, "await_startup")
 
     def queues(self, vhost: str) -> list[dict]:
-        """Every queue of `vhost` with its type, leader, members and message counts."""
-        columns = ["name", "type", "leader", "members", "messages_ready", "messages_unacknowledged"]
+        """Every queue of `vhost` with its type, leader, members, consumers and message counts."""
+        columns = ["name", "type", "leader", "members", "consumers", "messages_ready", "messages_unacknowledged"]
         result = self.ctl_any("list_queues", "-q", "-p", vhost, *columns, "--formatter", "json")
         return json.loads(result.stdout or "[]")
 

@@ -10,6 +10,11 @@
 4. a RabbitMQ outage under load (recovery time, nothing lost) and replay throughput;
 5. prints Markdown tables and writes result.json, table.md and bench.png to bench-results/<time>/.
 
+--broker cluster runs it all against the three-node cluster of `make cluster` (started if it does
+not run, stopped afterwards if the bench started it); its outage is the loss of the node that
+leads billing's queue (SIGKILL, back after --outage-seconds). --broker both runs the parts on the
+node, then on the cluster, in one run, and prints the two side by side (compare.md).
+
 It stops and starts the node's RabbitMQ app for the outage: never run it beside the tests.
 """
 
@@ -19,15 +24,18 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from ordering import catalogue
 from tests.bench import measure, report
 from tests.bench.system import System, chain_commands, pipeline_commands
 from tests.chaos.run import setup_django
 from tests.chaos.system import ChaosEnvironment, SharedServices, free_port
+from tests.cluster import RabbitCluster
 from tests.processes import ROOT
 
 DEFAULT_RATES = "10,50,100,150,200,250,300,350,400,500"
@@ -64,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the system's processes (default INFO)")
     parser.add_argument("--gateway-latency-ms", type=int, default=0, help="simulated gateway latency per charge")
     parser.add_argument("--out", type=Path, help="output folder (default bench-results/<time>)")
+    parser.add_argument(
+        "--broker",
+        choices=["node", "cluster", "both"],
+        default="node",
+        help="the machine's RabbitMQ node, make cluster's three nodes, or both in turn (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
     args.part_set = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -142,16 +156,26 @@ def summarise(result: dict) -> dict:
         workers = [max(s["peak_rss_mb"].get(k, 0) for s in steps) for k in ("billing", "orders", "relay")]
         summary["worker peak RSS"] = f"{max(workers):.0f} MB"
     if outage := result.get("outage"):
-        summary["after a 30 s broker outage at 100/s"] = (
-            f"{outage['outage_seconds']} s outage at {outage['offered_per_second']:g}/s: backlog of "
-            f"{outage['backlog_orders']} drained {outage['backlog_drained_after_return_seconds']} s after the return, "
-            f"latency normal after {outage['latency_normal_after_return_seconds']} s, "
-            f"{outage['lost_or_unfinished']} lost, {outage['errors']} errors"
-        )
+        if outage.get("broker_down", "").startswith("leader"):
+            summary["after losing the leader node"] = (
+                f"killed at {outage['offered_per_second']:g}/s, away {outage['away_seconds']} s, back after "
+                f"{outage['outage_seconds']} s: created->terminal p99 at worst {outage['p99_ms_worst_in_first_second']}"
+                f" ms in the first second, {outage['p99_ms_worst_while_away']} ms while it is away, "
+                f"{outage['p99_ms_worst_while_coming_back']} ms while it comes back, "
+                f"{outage['p99_ms_worst_after_return']} ms after; {outage['lost_or_unfinished']} lost, "
+                f"{outage['errors']} errors"
+            )
+        else:
+            summary["after a 30 s broker outage at 100/s"] = (
+                f"{outage['outage_seconds']} s outage at {outage['offered_per_second']:g}/s: backlog of "
+                f"{outage['backlog_orders']} drained {outage['backlog_drained_after_return_seconds']} s after the "
+                f"return, latency normal after {outage['latency_normal_after_return_seconds']} s, "
+                f"{outage['lost_or_unfinished']} lost, {outage['errors']} errors"
+            )
     return {key: f"{value} (target {TARGETS[key]})" if key in TARGETS else value for key, value in summary.items()}
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, PLR0915
     args = parse_args(argv)
     process_env = {
         "SECRET_KEY": "benchmark-only-secret-key",
@@ -164,20 +188,24 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         "API_THROTTLE_USER_RATE": "none",
         "API_THROTTLE_CREATE_RATE": "none",
     }
-    environment = ChaosEnvironment(kind="bench", process_env=process_env)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = args.out or ROOT / "bench-results" / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.broker == "both":
+        return node_and_cluster(argv if argv is not None else sys.argv[1:], out_dir)
+    cluster = RabbitCluster() if args.broker == "cluster" else None
+    environment = ChaosEnvironment(kind="bench", process_env=process_env, cluster=cluster)
     t0 = time.monotonic()
 
     def log(message: str) -> None:
         print(f"[bench {time.monotonic() - t0:6.1f}s] {message}", flush=True)
 
+    cluster_started = cluster.start() if cluster is not None else []
     missing = environment.missing_services()
     if missing:
         log("the benchmark needs: " + "; ".join(missing))
         return 2
-    services = SharedServices()
+    services = SharedServices(cluster)
     running: list[System] = []
     result: dict = {
         "command": "python -m tests.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -214,10 +242,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
             if "sweep" in args.part_set:
                 result["steps"] = sweep(args, pipeline, log)
             if "outage" in args.part_set:
-                log(f"outage: {args.outage_seconds:g} s without RabbitMQ at {args.outage_rate:g}/s")
-                result["outage"] = measure.broker_outage(
-                    pipeline, services, rate=args.outage_rate, before=10, outage=args.outage_seconds, after=40
-                )
+                result["outage"] = outage(args, environment, services, pipeline, log)
                 log(f"  {result['outage']}")
             stop(system)
         if "replay" in args.part_set:
@@ -243,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
 
             connections.close_all()
         environment.destroy()
+        if cluster is not None and len(cluster_started) == cluster.size:
+            cluster.stop()
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if "machine" in result:
@@ -253,6 +280,60 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         print("\n" + table + "\n", flush=True)
         log(f"wrote {out_dir / 'result.json'}, table.md, bench.png")
     return status
+
+
+def outage(args: argparse.Namespace, environment: ChaosEnvironment, services: SharedServices, pipeline, log) -> dict:
+    """The single node's RabbitMQ app stopped, or the cluster's node that leads billing's queue killed."""
+    cluster = environment.cluster
+    if cluster is None:
+        log(f"outage: {args.outage_seconds:g} s without RabbitMQ at {args.outage_rate:g}/s")
+        take_down, bring_back = services.broker_stop, services.broker_start
+    else:
+        leader = cluster.leader(environment.vhost, catalogue.BILLING_QUEUE)
+        log(f"outage: {cluster.node(leader)} (leads billing's queue) killed for {args.outage_seconds:g} s")
+        take_down, bring_back = (lambda: services.node_kill(leader)), services.nodes_start
+    result = measure.broker_outage(
+        pipeline,
+        take_down=take_down,
+        bring_back=bring_back,
+        rate=args.outage_rate,
+        before=10,
+        outage=args.outage_seconds,
+        after=40,
+    )
+    result["broker_down"] = "RabbitMQ app stopped" if cluster is None else "leader node of billing's queue killed"
+    return result
+
+
+def node_and_cluster(argv: list[str], out_dir: Path) -> int:
+    """The same parts on the node, then on the cluster, each in a run of its own; both side by side."""
+    own = _without(_without(argv, "--broker"), "--out")
+    results = {}
+    for broker in ("node", "cluster"):
+        command = [sys.executable, "-m", "tests.bench", *own, "--broker", broker, "--out", str(out_dir / broker)]
+        print(f"[bench] {broker}: {' '.join(command[1:])}", flush=True)
+        status = subprocess.run(command, check=False, cwd=ROOT).returncode
+        if status != 0:
+            return status
+        results[broker] = json.loads((out_dir / broker / "result.json").read_text())
+    table = report.comparison(results)
+    (out_dir / "compare.md").write_text(table + "\n")
+    print("\n" + table + "\n", flush=True)
+    return 0
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option` and its value (given as "--option value" or "--option=value")."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith(option + "="):
+            skip = False
+            continue
+        skip = arg == option
+        if not skip:
+            kept.append(arg)
+    return kept
 
 
 def ceilings(args: argparse.Namespace, start, stop, token: str, log) -> dict:

@@ -388,8 +388,18 @@ def replay_throughput(count: int) -> dict:
 # --- Broker outage --------------------------------------------------------------------------------
 
 
-def broker_outage(pipeline: Pipeline, services, *, rate: float, before: float, outage: float, after: float) -> dict:
-    """Load at `rate` throughout; RabbitMQ stopped for `outage` seconds; how fast it all recovers."""
+def broker_outage(
+    pipeline: Pipeline,
+    *,
+    take_down: Callable[[], object],
+    bring_back: Callable[[], object],
+    rate: float,
+    before: float,
+    outage: float,
+    after: float,
+) -> dict:
+    """Load at `rate` throughout; `take_down` a broker (the node, or one node of a cluster) for
+    `outage` seconds, then `bring_back`; how fast it all recovers."""
     from orders.models import TERMINAL_STATUSES, Order
 
     count = round(rate * (before + outage + after))
@@ -398,13 +408,14 @@ def broker_outage(pipeline: Pipeline, services, *, rate: float, before: float, o
 
     def inject() -> None:
         time.sleep(before)
-        pipeline.log(f"  outage: stopping RabbitMQ for {outage:g} s")
+        pipeline.log(f"  outage: taking the broker down for {outage:g} s")
         moments["stopped"] = time.time()
-        services.broker_stop()
+        take_down()
         time.sleep(max(0.0, outage - (time.time() - moments["stopped"])))
-        services.broker_start()
+        moments["bringing_back"] = time.time()
+        bring_back()
         moments["returned"] = time.time()
-        pipeline.log("  outage: RabbitMQ is back")
+        pipeline.log("  outage: the broker is back")
 
     injector = threading.Thread(target=inject, daemon=True)
     injector.start()
@@ -428,6 +439,19 @@ def broker_outage(pipeline: Pipeline, services, *, rate: float, before: float, o
             seconds.setdefault(int(at - returned), []).append((o["updated_at"] - o["created_at"]).total_seconds())
     slow = [second for second, latencies in seconds.items() if (percentiles(latencies)["p99"] or 0) > normal * 1000]
     normal_from = returned + (max(slow) + 1 if slow else 0)
+    # Per second from the moment the broker went down: a cluster that lost one node is expected to
+    # serve on while it is away (its queues elect other leaders), and to be disturbed again while
+    # the node comes back and catches up.
+    since_stop: dict[int, list[float]] = {}
+    for o in done:
+        if (at := o["created_at"].timestamp()) >= stopped:
+            since_stop.setdefault(int(at - stopped), []).append((o["updated_at"] - o["created_at"]).total_seconds())
+    p99_since_stop = {second: percentiles(latencies)["p99"] or 0 for second, latencies in since_stop.items()}
+    away, back = moments["bringing_back"] - stopped, returned - stopped
+
+    def worst(start: float, end: float) -> float | None:
+        return max((p99 for second, p99 in p99_since_stop.items() if start <= second < end), default=None)
+
     return {
         "offered_per_second": rate,
         "outage_seconds": round(returned - stopped, 1),
@@ -438,6 +462,14 @@ def broker_outage(pipeline: Pipeline, services, *, rate: float, before: float, o
         "backlog_drained_after_return_seconds": round(drained_at - returned, 1),
         "normal_latency_ms": round(normal * 1000, 1),
         "latency_normal_after_return_seconds": round(normal_from - returned, 1),
+        "p99_ms_worst_in_first_second": worst(0, 1),
+        "p99_ms_worst_while_away": worst(1, away),
+        "p99_ms_worst_while_coming_back": worst(away, back),
+        "p99_ms_worst_after_return": worst(back, 10**6),
+        "away_seconds": round(away, 1),
+        "p99_ms_by_second_after_stop": [
+            percentiles(since_stop[second])["p99"] for second in sorted(since_stop) if second < 60
+        ],
         "p99_ms_by_second_after_return": [
             percentiles(seconds[second])["p99"] for second in sorted(seconds) if second < 60
         ],

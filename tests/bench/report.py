@@ -67,6 +67,44 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def comparison(results: dict[str, dict]) -> str:
+    """The node's and the cluster's runs side by side: per rate, what each sustained and what it cost."""
+    node, cluster = results["node"], results["cluster"]
+    lines = [f"`{node['command']}` and `{cluster['command']}` · {node['started_at']} · {node['machine']['summary']}"]
+    node_steps = {s["offered_per_second"]: s for s in node.get("steps") or []}
+    cluster_steps = {s["offered_per_second"]: s for s in cluster.get("steps") or []}
+    rates = sorted(set(node_steps) | set(cluster_steps))
+    if rates:
+        lines += [
+            "",
+            "| offered/s | finished/s (1 node / 3 nodes) | created→terminal p50 ms | p99 ms"
+            " | POST p99 ms | CPU ms per order (of it RabbitMQ) | sustained |",
+            "|---:|---:|---:|---:|---:|---:|:---:|",
+        ]
+
+        def pair(rate: float, cell) -> str:
+            values = [cell(steps[rate]) if rate in steps else "-" for steps in (node_steps, cluster_steps)]
+            return " / ".join(values)
+
+        for rate in rates:
+            cells = [
+                pair(rate, lambda s: f"{s['finished_per_second'] or 0:.1f}"),
+                pair(rate, lambda s: _ms(s["end_to_end_ms"]["p50"])),
+                pair(rate, lambda s: _ms(s["end_to_end_ms"]["p99"])),
+                pair(rate, lambda s: _ms(s["post_ms"]["p99"])),
+                pair(
+                    rate, lambda s: f"{_ms(s['cpu_ms_per_order_total'])} ({_ms(s['cpu_ms_per_order'].get('rabbitmq'))})"
+                ),
+                pair(rate, lambda s: "yes" if s["sustained"] else "no"),
+            ]
+            lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+    for name, result in (("1 node", node), ("3 nodes", cluster)):
+        for key, value in (result.get("summary") or {}).items():
+            if key.startswith(("after", "replay", "sustained")):
+                lines.append(f"\n{name}, {key}: {value}")
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
