@@ -6,6 +6,8 @@
   its worker ends in the DLQ, and an ordinary message survives `limit` crashes of its consumer.
 - A reject with requeue=False (a task that failed for good) dead-letters at once, reason
   `rejected`, without touching the delivery count of other messages.
+- The system's dead-letter queues (quorum, so replicated) keep a letter however often replay
+  returned it: past RabbitMQ 4's default delivery limit of 20, too.
 
 RabbitMQ 4.x differs (docs/chaos.md): 4.0 gives every quorum queue a delivery limit of 20 when
 none is set, and 4.3 counts only failed deliveries in x-delivery-count (a separate
@@ -105,3 +107,28 @@ def test_reject_without_requeue_dead_letters_at_once(queues):
     channel.close()
     with connection.channel() as channel:
         assert queue.bind(channel).queue_declare(passive=True).message_count == 0
+
+
+# RabbitMQ 4.0 gives a quorum queue without an explicit x-delivery-limit a limit of 20.
+RABBITMQ_4_DEFAULT_DELIVERY_LIMIT = 20
+
+
+def test_a_dead_letter_queue_keeps_a_letter_that_replay_returned_more_often_than_any_default_limit(broker):
+    """Replay returns the letters it skips by closing its channel: the DLQ must never drop one for it."""
+    from ordering import catalogue
+
+    dlq = Queue(catalogue.dead_letter_queue(catalogue.BILLING_QUEUE), no_declare=True)
+    with broker.Producer() as producer:
+        producer.publish(
+            "skipped by every replay", exchange=catalogue.DEAD_LETTER_EXCHANGE, routing_key=catalogue.BILLING_QUEUE
+        )
+    returns = RABBITMQ_4_DEFAULT_DELIVERY_LIMIT + 5
+    for _ in range(returns):
+        channel, letter = _get(broker, dlq)
+        assert letter is not None, "the dead-letter queue dropped a returned letter"
+        channel.close()  # what replay does with a letter it skipped
+    channel, letter = _get(broker, dlq)
+    assert letter is not None
+    assert letter.headers.get("x-delivery-count") == returns
+    letter.ack()
+    channel.close()
