@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from amqp.exceptions import PreconditionFailed
 from django.conf import settings
 from kombu import Connection, Exchange, Queue
 
@@ -125,6 +126,10 @@ class TopologyMissing(Exception):
     """An exchange or queue of the system does not exist, and this process may not declare it."""
 
 
+class TopologyMismatch(Exception):
+    """A queue exists with other arguments than this version declares (RabbitMQ refuses to change them)."""
+
+
 def ensure_topology(connection: Connection) -> None:
     """What the relay and the workers run on every (re)connection: declare the topology, or check it.
 
@@ -170,8 +175,16 @@ def declare_topology(connection: Connection) -> None:
     channel = connection.default_channel
     EVENTS_EXCHANGE.bind(channel).declare()
     DEAD_LETTER_EXCHANGE.bind(channel).declare()
-    for name in catalogue.CONSUMER_QUEUES:
-        dead_letter_queue(name).bind(channel).declare()
-        consumer_queue(name).bind(channel).declare()
-    maintenance_queue().bind(channel).declare()
+    queues = [queue for name in catalogue.CONSUMER_QUEUES for queue in (dead_letter_queue(name), consumer_queue(name))]
+    for queue in (*queues, maintenance_queue()):
+        try:
+            queue.bind(channel).declare()
+        except PreconditionFailed as exc:
+            # Queues declared by an earlier version (classic DLQs, no replica count) keep their
+            # arguments: say what to do instead of failing on RabbitMQ's words alone.
+            raise TopologyMismatch(
+                f"queue {queue.name!r} exists with other arguments than this version declares ({exc.reply_text}): "
+                "move its messages away, delete it and declare the topology again (README, 'Scaling out'); "
+                "if only x-quorum-initial-group-size differs, QUORUM_INITIAL_GROUP_SIZE=0 keeps the queue as it is"
+            ) from exc
     logger.info("topology declared: %s", ", ".join((*catalogue.CONSUMER_QUEUES, catalogue.MAINTENANCE_QUEUE)))
