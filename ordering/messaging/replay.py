@@ -201,7 +201,7 @@ def _discard_queue(
             summary.discarded.append(letter)
             report("discarded", letter, "")
     finally:
-        channel.close()
+        _close_when_settled(channel, queue)
 
 
 def _dead_letters(
@@ -278,7 +278,20 @@ def _replay_queue(
     finally:
         publisher.close()
         # Closing returns every unacked (skipped, dry-run or failed) message to the DLQ.
-        channel.close()
+        _close_when_settled(channel, queue)
+
+
+def _close_when_settled(channel: Any, queue: str) -> None:
+    """Close `channel` once the DLQ has applied every ack sent on it.
+
+    A quorum queue applies acks asynchronously: a channel closed right after a hundred of them
+    returns the letters whose acks were still on their way (a replayed letter would be back in
+    the DLQ, and replayed again). The queue answers a basic.get only after applying what the
+    same channel sent before it; what that get takes goes back with the other unacked letters.
+    """
+    with contextlib.suppress(Exception):  # a broken channel has nothing left to settle
+        dead_letter_queue(queue).bind(channel).get(no_ack=False, accept=None)
+    channel.close()
 
 
 def _replay_batch(
