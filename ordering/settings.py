@@ -3,6 +3,7 @@
 Each section names the variables it reads; README.md lists them all with their defaults.
 """
 
+import os
 import random
 import tempfile
 from datetime import timedelta
@@ -302,6 +303,10 @@ LOGGING = {
 # an order of its own, so the clients spread over the nodes instead of all starting on the first.
 _BROKER_NODES = env.str("CELERY_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//").split(";")
 CELERY_BROKER_URL = ";".join(random.sample(_BROKER_NODES, len(_BROKER_NODES)))
+# Celery takes CELERY_BROKER_URL from the environment before its settings: the process's own order
+# goes back there, or every process would start on the first node listed.
+if "CELERY_BROKER_URL" in os.environ:
+    os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
 # Publisher confirms: a publish returns only once RabbitMQ has taken responsibility for the message.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
