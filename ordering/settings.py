@@ -123,6 +123,13 @@ DATABASES["default"].setdefault("OPTIONS", {}).update(
     server_side_binding=env.bool("DB_SERVER_SIDE_BINDING", default=True),
     prepare_threshold=env.int("DB_PREPARE_THRESHOLD", default=5),
 )
+# DB_DISABLE_SERVER_SIDE_CURSORS=true behind a pooler in transaction mode (PgBouncer): it may run each
+# transaction of one Django connection on another server connection, and a server-side cursor
+# (QuerySet.iterator()) lives on the server connection it was opened on, so its next fetch would
+# find none. Django then fetches such results client-side. The relay's LISTEN has the same problem
+# and its own setting (DATABASE_LISTEN_URL, MESSAGING below).
+# https://docs.djangoproject.com/en/stable/ref/databases/#transaction-pooling-server-side-cursors
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DB_DISABLE_SERVER_SIDE_CURSORS", default=False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -395,6 +402,12 @@ MESSAGING = {
     "READY_OUTBOX_LAG_SECONDS": env.int("READY_OUTBOX_LAG_SECONDS", default=60),
     # If set, the relay touches this file on every loop: a liveness probe for containers.
     "RELAY_HEARTBEAT_FILE": env.str("RELAY_HEARTBEAT_FILE", default=""),
+    # The database of the relay's LISTEN connection (its wake-up on every outbox commit), as
+    # DATABASES entries are: DATABASE_LISTEN_URL, parsed like DATABASE_URL. None: the default
+    # database's. LISTEN subscribes the server connection it runs on, and a pooler in transaction
+    # mode returns that connection to its pool right after: the relay would never hear a NOTIFY
+    # (only its sweep would publish). Behind one, point this at PostgreSQL itself.
+    "LISTEN_DATABASE": env.db_url("DATABASE_LISTEN_URL") if env.str("DATABASE_LISTEN_URL", default="") else None,
 }
 
 # --- Metrics (Prometheus) ----------------------------------------------------------------------

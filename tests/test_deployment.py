@@ -1,6 +1,6 @@
 """The ways to run the system agree (Procfile for make run, docker-compose.yml) and are safe to deploy:
 production settings pass `check --deploy`, a process without a secret key refuses to start, slow clients do not
-starve web."""
+starve web; compose's cluster profile makes a three-node RabbitMQ cluster that every process reaches."""
 
 import os
 import secrets
@@ -15,6 +15,7 @@ import pytest
 import requests
 import yaml
 from django.db import connection
+from kombu import Connection
 
 from tests.chaos.system import free_port, wait_for_web
 from tests.processes import BIN, ManagedProcess
@@ -32,8 +33,11 @@ COMPOSE_SECRETS = {
     "RABBITMQ_ORDERS_PASSWORD": "orders",
     "RABBITMQ_FLOWER_PASSWORD": "flower",
     "RABBITMQ_CONSOLE_PASSWORD": "console",
+    "RABBITMQ_ERLANG_COOKIE": "cookie",
     "FLOWER_BASIC_AUTH": "admin:flower",
 }
+CLUSTER_PROFILE = "cluster"
+CLUSTER_CONFIG = ROOT / "deploy" / "rabbitmq-cluster.conf"
 
 
 def procfile() -> dict[str, str]:
@@ -49,27 +53,32 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def test_compose_file_is_valid_for_docker_compose():
+def docker_compose(*args: str, secrets: bool = True) -> subprocess.CompletedProcess:
+    """`docker-compose -f docker-compose.yml ARGS`, with the dummy secrets unless `secrets` is false."""
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("CI") == "true":
             pytest.fail("docker-compose is not installed (.ci/run installs it) and CI must check the compose file")
         pytest.skip("docker-compose not installed: apt-get install docker-compose")
-    result = subprocess.run(
-        [binary, "-f", str(COMPOSE), "config", "-q"],
+    env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
+    return subprocess.run(
+        [binary, "-f", str(COMPOSE), *args],
         check=False,
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, **COMPOSE_SECRETS},
+        env={**env, **COMPOSE_SECRETS} if secrets else env,
     )
-    assert result.returncode == 0, result.stderr
-    # Without them compose refuses: no secret has a default.
-    result = subprocess.run(
-        [binary, "-f", str(COMPOSE), "config", "-q"], check=False, capture_output=True, text=True, cwd=ROOT
-    )
-    assert result.returncode != 0
-    assert "set " in result.stderr
+
+
+def test_compose_file_is_valid_for_docker_compose():
+    for profile in ([], ["--profile", CLUSTER_PROFILE]):
+        result = docker_compose(*profile, "config", "-q")
+        assert result.returncode == 0, (profile, result.stderr)
+        # Without them compose refuses: no secret has a default.
+        result = docker_compose(*profile, "config", "-q", secrets=False)
+        assert result.returncode != 0
+        assert "set " in result.stderr
 
 
 def test_compose_publishes_only_the_api_on_every_interface_through_the_buffering_proxy():
@@ -139,6 +148,108 @@ def test_compose_services_have_healthchecks_and_wait_for_dependencies():
 
 def test_web_binds_to_port_variable_in_procfile():
     assert "${PORT:-8000}" in procfile()["web"]
+
+
+# --- The cluster profile ---------------------------------------------------------------------------------------
+def active(services: dict, profiles: set[str]) -> dict:
+    """The services `docker compose up` starts with these profiles enabled."""
+    return {name: s for name, s in services.items() if not s.get("profiles") or profiles & set(s["profiles"])}
+
+
+def rabbitmq_nodes(services: dict) -> dict:
+    return {name: s for name, s in services.items() if s.get("image", "").startswith("rabbitmq:")}
+
+
+def node_name(service: dict) -> str:
+    """The Erlang node name RabbitMQ takes: RABBITMQ_NODENAME, else rabbit@<hostname>."""
+    return service.get("environment", {}).get("RABBITMQ_NODENAME") or f"rabbit@{service['hostname']}"
+
+
+def test_compose_cluster_profile_adds_two_rabbitmq_nodes_sharing_one_cookie():
+    services = compose()["services"]
+    assert set(rabbitmq_nodes(active(services, set()))) == {"rabbitmq"}
+    nodes = rabbitmq_nodes(active(services, {CLUSTER_PROFILE}))
+    assert set(nodes) == {"rabbitmq", "rabbitmq-2", "rabbitmq-3"}
+    assert len({node["image"] for node in nodes.values()}) == 1
+    # One cookie source, required (no default: see test_compose_has_no_default_secrets).
+    cookies = {node["environment"]["RABBITMQ_ERLANG_COOKIE"] for node in nodes.values()}
+    assert cookies == {"${RABBITMQ_ERLANG_COOKIE:?set RABBITMQ_ERLANG_COOKIE}"}
+    data = [next(v for v in node["volumes"] if v.endswith(":/var/lib/rabbitmq")) for node in nodes.values()]
+    assert len(set(data)) == 3, data
+    assert all(node.get("healthcheck") for node in nodes.values())
+    assert len({node_name(node) for node in nodes.values()}) == 3
+
+
+def test_compose_cluster_peer_discovery_lists_exactly_the_profile_nodes():
+    nodes = rabbitmq_nodes(active(compose()["services"], {CLUSTER_PROFILE}))
+    settings = dict(
+        line.split(" = ", 1) for line in CLUSTER_CONFIG.read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert settings["cluster_formation.peer_discovery_backend"] == "classic_config"
+    listed = [value for key, value in settings.items() if key.startswith("cluster_formation.classic_config.nodes.")]
+    assert sorted(listed) == sorted(node_name(node) for node in nodes.values())
+    # The nodes that join mount the list next to the image's own configuration.
+    for name in ("rabbitmq-2", "rabbitmq-3"):
+        assert "./deploy/rabbitmq-cluster.conf:/etc/rabbitmq/conf.d/30-cluster.conf:ro" in nodes[name]["volumes"]
+
+
+def broker_endpoints(url: str) -> list[tuple[str, int, str, str]]:
+    """(host, port, user, vhost) of every entry of a broker URL, as kombu connects to each (failover list too)."""
+    broker = Connection(url)
+    endpoints = []
+    for _ in range(max(len(broker.alt), 1)):
+        endpoints.append((broker.hostname, broker.port, broker.userid, broker.virtual_host))
+        if broker.alt:
+            broker.maybe_switch_next()
+    return endpoints
+
+
+def test_compose_app_services_reach_every_rabbitmq_node_as_one_user_and_vhost():
+    """Every process's broker URL (as compose resolves it) reaches each node that runs, with and without the profile."""
+    result = docker_compose("config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for profiles in (set(), {CLUSTER_PROFILE}):
+        running = active(services, profiles)
+        nodes = rabbitmq_nodes(running)
+        # A name on the compose network answers for each service that has it as its name or an alias.
+        answering: dict[str, set[str]] = {}
+        for name, node in nodes.items():
+            for alias in [name, *node.get("networks", {}).get("default", {}).get("aliases", [])]:
+                answering.setdefault(alias, set()).add(name)
+        clients = {
+            name: s["environment"]["CELERY_BROKER_URL"]
+            for name, s in running.items()
+            if "CELERY_BROKER_URL" in s.get("environment", {})
+        }
+        assert {"web", "relay", "billing", "orders", "beat", "flower", "migrate"} <= set(clients)
+        for name, url in clients.items():
+            endpoints = broker_endpoints(url)
+            reached = set().union(*(answering.get(host, set()) for host, *_ in endpoints))
+            assert reached == set(nodes), (profiles, name, endpoints)
+            assert {port for _, port, _, _ in endpoints} == {5672}, (name, endpoints)
+            assert len({(user, vhost) for _, _, user, vhost in endpoints}) == 1, (name, endpoints)
+
+
+def test_broker_name_with_several_addresses_connects_to_the_first_that_accepts(monkeypatch):
+    """What the cluster profile relies on: a name that resolves to every node's address (Docker's DNS for a shared
+    alias) is enough for a client to find a running node; a stopped node's address is skipped."""
+    resolve = socket.getaddrinfo
+    stopped = ("127.0.0.1", free_port())
+    running = ("127.0.0.1", 5672)
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "rabbitmq-nodes":
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address) for address in (stopped, running)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    test_broker = Connection(os.environ["CELERY_BROKER_URL"])
+    url = f"amqp://{test_broker.userid}:{test_broker.password}@rabbitmq-nodes:5672/{test_broker.virtual_host}"
+    with Connection(url, connect_timeout=5) as broker:
+        broker.connect()
+        assert broker.connected
+        assert broker.connection.sock.getpeername()[:2] == running
 
 
 # --- Production settings -------------------------------------------------------------------------------------

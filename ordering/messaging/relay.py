@@ -9,8 +9,9 @@ Guarantees, and why they hold:
   duplicate has no second effect;
 - several relays can run: each takes its batch with FOR UPDATE SKIP LOCKED, so no two publish
   the same rows at the same time;
-- it wakes on the NOTIFY that each outbox insert's commit sends (a trigger on the table), and
-  sweeps every few seconds for anything left behind by a crash or an outage.
+- it wakes on the NOTIFY that each outbox insert's commit sends (a trigger on the table), on a
+  connection of its own (listen_connection_params), and sweeps every few seconds for anything left
+  behind by a crash or an outage.
 
 A batch is whatever is committed and unpublished when the relay looks, up to RELAY_BATCH_SIZE:
 one event at low load, larger batches as load grows, never a wait to fill one.
@@ -31,6 +32,7 @@ import psycopg
 from celery import Celery
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.postgresql.base import DatabaseWrapper
 from kombu import Connection
 
 from ordering import catalogue
@@ -192,10 +194,7 @@ class OutboxRelay:
     def _listen(self) -> None:
         """LISTEN before the first sweep, so no commit between sweep and wait goes unnoticed."""
         if self._listener is None:
-            params = connection.get_connection_params()
-            params.pop("cursor_factory", None)
-            params.pop("context", None)
-            self._listener = psycopg.connect(**params, autocommit=True)
+            self._listener = psycopg.connect(**listen_connection_params(), autocommit=True)
             self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
     def _wait_for_notify(self, timeout: float, stop: threading.Event) -> None:
@@ -247,6 +246,23 @@ class OutboxRelay:
                 backoff = min(backoff * 2, self.backoff_max)
         self._close()
         logger.info("relay: stopped")
+
+
+def listen_connection_params() -> dict[str, Any]:
+    """psycopg's parameters for the relay's LISTEN connection, built as Django builds its own.
+
+    MESSAGING["LISTEN_DATABASE"] (DATABASE_LISTEN_URL) if set, with only its own options; else the
+    default database's (the live ones: a test database too).
+    """
+    listen = settings.MESSAGING["LISTEN_DATABASE"]
+    database = connection
+    if listen is not None:
+        database = DatabaseWrapper({**connection.settings_dict, "OPTIONS": {}, **listen}, alias="listen")
+    params = database.get_connection_params()
+    # Django's cursor class and type adapters are for its own connections; this one only listens.
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return params
 
 
 def _envelope(row: tuple[Any, ...]) -> Envelope:

@@ -2,13 +2,17 @@
 
 import threading
 import time
+import uuid
 
+import environ
 import pytest
+from django.db import connection
 from kombu.exceptions import OperationalError
 
 from ordering import catalogue
 from ordering.celery import app
 from ordering.messaging.models import OutboxEvent
+from ordering.messaging.outbox import NOTIFY_CHANNEL
 from ordering.messaging.relay import BatchPacer, OutboxRelay, task_id_for
 from tests.conftest import make_order
 from tests.messaging.conftest import drain
@@ -90,6 +94,43 @@ def test_relay_wakes_on_commit_not_on_the_sweep(broker, user, settings):
         stop.set()
         thread.join(timeout=70)
     assert not thread.is_alive()
+
+
+def test_relay_listens_through_the_listen_url_and_wakes_on_commit(broker, user, settings):
+    """DATABASE_LISTEN_URL (a direct connection beside a pooler): the LISTEN session is opened with that URL's
+    parameters, seen by PostgreSQL under the application_name only that URL sets, and the relay still wakes."""
+    db = connection.settings_dict
+    credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    name = f"relay-listen-{uuid.uuid4().hex[:8]}"
+    url = f"postgres://{credentials}@{db['HOST']}:{db['PORT']}/{db['NAME']}?application_name={name}"
+    settings.MESSAGING = {
+        **settings.MESSAGING,
+        "RELAY_SWEEP_SECONDS": 60,
+        "LISTEN_DATABASE": environ.Env.db_url_config(url),  # what settings make of DATABASE_LISTEN_URL
+    }
+
+    def listening_sessions() -> list[tuple[str]]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT query FROM pg_stat_activity WHERE application_name = %s", [name])
+            return cursor.fetchall()
+
+    stop = threading.Event()
+    relay = OutboxRelay(app)
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: listening_sessions() == [(f"LISTEN {NOTIFY_CHANNEL}",)], timeout=10, message="LISTEN")
+        order = make_order(user)
+        wait_until(
+            lambda: OutboxEvent.objects.filter(aggregate_id=str(order.id), published_at__isnull=False).exists(),
+            timeout=10,
+            message="the relay to publish after the commit, woken through the listen connection",
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=70)
+    assert not thread.is_alive()
+    assert listening_sessions() == []
 
 
 def test_relay_never_marks_an_unroutable_event_published(broker, user):
