@@ -54,7 +54,8 @@ def consumer_queue(name: str) -> Queue:
 # Returns a dead letter may take before its DLQ drops it: out of reach. Replay and the admin's
 # listing hold the letters they skip unacked and return them, and a quorum queue counts every
 # return against its delivery limit (RabbitMQ 4 sets 20 when none is given; 3.x has none). A
-# million returns is one replay a minute for two years; -1 ("no limit") means no limit only on 4.x.
+# million returns is one replay a minute for two years; -1 means "no limit" only from 4.0 on, and a
+# value every version reads the same is the safer one.
 DEAD_LETTER_QUEUE_DELIVERY_LIMIT = 1_000_000
 
 
