@@ -4,17 +4,12 @@ It runs the chaos CLI as a subprocess (own database, own vhost, own processes) a
 status and the key numbers of its JSON ledger. Missing services make it fail, never skip.
 """
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.chaos.cli import run_chaos
 from tests.chaos.faults import FAULTS
-from tests.processes import ROOT
 
 pytestmark = pytest.mark.chaos
 
@@ -25,23 +20,7 @@ RUN_TIMEOUT = 720
 
 @pytest.mark.timeout(RUN_TIMEOUT + 180)
 def test_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
-    ledger_path = tmp_path / "ledger.json"
-    command = [
-        sys.executable, "-m", "tests.chaos.run", "--orders", str(ORDERS), "--faults", str(FAULT_COUNT),
-        "--out", str(tmp_path / "run"), "--json", str(ledger_path),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGTERM)  # the run restores the services and cleans up
-        output, _ = process.communicate(timeout=170)
-        pytest.fail(f"chaos run did not finish in {RUN_TIMEOUT}s:\n{output[-6000:]}")
-    assert process.returncode == 0, f"chaos run exited {process.returncode}:\n{output[-8000:]}"
-
-    ledger = json.loads(ledger_path.read_text())
+    output, ledger = run_chaos(["--orders", str(ORDERS), "--faults", str(FAULT_COUNT)], tmp_path, timeout=RUN_TIMEOUT)
     orders, events, letters = ledger["orders"], ledger["events"], ledger["dead_letters"]
     assert ledger["violations"] == []
     assert orders["accepted_201"] >= ORDERS * 0.98, output[-4000:]

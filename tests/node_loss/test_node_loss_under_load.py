@@ -6,17 +6,12 @@ closes every connection; each node comes back before the next fault. Nothing may
 twice or left stuck, every event is consumed once in effect, and the API answers every order.
 """
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.chaos.cli import run_chaos
 from tests.cluster import RabbitCluster
-from tests.processes import ROOT
 
 pytestmark = pytest.mark.chaos
 
@@ -30,24 +25,11 @@ RUN_TIMEOUT = 600
 def test_no_order_is_lost_charged_twice_or_stuck_when_cluster_nodes_die_under_load(
     cluster: RabbitCluster, tmp_path: Path
 ) -> None:
-    ledger_path = tmp_path / "ledger.json"
-    command = [
-        sys.executable, "-m", "tests.chaos.run", "--cluster", "--cluster-name", cluster.name,
-        "--cluster-port-base", str(cluster.port_base), "--orders", str(ORDERS), "--rate", str(RATE),
-        "--kinds", ",".join(KINDS), "--out", str(tmp_path / "run"), "--json", str(ledger_path),
+    arguments = [
+        "--cluster", "--cluster-name", cluster.name, "--cluster-port-base", str(cluster.port_base),
+        "--orders", str(ORDERS), "--rate", str(RATE), "--kinds", ",".join(KINDS),
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ)
-    )
-    try:
-        output, _ = process.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGTERM)  # the run brings its nodes back and cleans up
-        output, _ = process.communicate(timeout=170)
-        pytest.fail(f"cluster chaos run did not finish in {RUN_TIMEOUT}s:\n{output[-6000:]}")
-    assert process.returncode == 0, f"cluster chaos run exited {process.returncode}:\n{output[-8000:]}"
-
-    ledger = json.loads(ledger_path.read_text())
+    output, ledger = run_chaos(arguments, tmp_path, timeout=RUN_TIMEOUT)
     orders, events = ledger["orders"], ledger["events"]
     assert ledger["violations"] == []
     assert ledger["broker"]["nodes"] == [cluster.node(n) for n in cluster.nodes]
