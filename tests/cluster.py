@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,12 @@ class RabbitCluster:
     def port(self, n: int) -> int:
         return self.port_base + n - 1
 
-    def urls(self, vhost: str) -> str:
-        """CELERY_BROKER_URL for `vhost`: every node, separated by ';' (as `rabbitmq-cluster.sh urls`)."""
-        return ";".join(f"amqp://guest:guest@127.0.0.1:{self.port(n)}/{vhost}" for n in self.nodes)
+    def url(self, n: int, vhost: str) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port(n)}/{vhost}"
+
+    def urls(self, vhost: str, nodes: Iterable[int] | None = None) -> str:
+        """CELERY_BROKER_URL for `vhost`: every node (or `nodes`, in that order), separated by ';'."""
+        return ";".join(self.url(n, vhost) for n in (self.nodes if nodes is None else nodes))
 
     def _script(self, action: str, timeout: float = 600) -> str:
         env = {**os.environ, "CLUSTER_NAME": self.name, "CLUSTER_PORT_BASE": str(self.port_base)}
@@ -147,5 +151,5 @@ class RabbitCluster:
             self.ctl_any("delete_vhost", vhost)
 
 
-# The cluster the test suite starts and stops itself (tests/cluster_tests), apart from `make cluster`'s.
+# The cluster the test suite starts and stops itself (tests/node_loss), apart from `make cluster`'s.
 TEST_CLUSTER = RabbitCluster(name="ordering-test", port_base=5683)

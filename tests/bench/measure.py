@@ -433,24 +433,17 @@ def broker_outage(
     # Latency is back to normal from the first second (of creation time, after the return) from
     # which on the p99 of every second stays under twice the p99 before the outage (100 ms at
     # least): one slow order in a second is not a backlog.
-    seconds: dict[int, list[float]] = {}
-    for o in done:
-        if (at := o["created_at"].timestamp()) >= returned:
-            seconds.setdefault(int(at - returned), []).append((o["updated_at"] - o["created_at"]).total_seconds())
-    slow = [second for second, latencies in seconds.items() if (percentiles(latencies)["p99"] or 0) > normal * 1000]
+    after_return = _p99_ms_by_second(done, since=returned)
+    slow = [second for second, p99 in after_return.items() if p99 > normal * 1000]
     normal_from = returned + (max(slow) + 1 if slow else 0)
     # Per second from the moment the broker went down: a cluster that lost one node is expected to
     # serve on while it is away (its queues elect other leaders), and to be disturbed again while
     # the node comes back and catches up.
-    since_stop: dict[int, list[float]] = {}
-    for o in done:
-        if (at := o["created_at"].timestamp()) >= stopped:
-            since_stop.setdefault(int(at - stopped), []).append((o["updated_at"] - o["created_at"]).total_seconds())
-    p99_since_stop = {second: percentiles(latencies)["p99"] or 0 for second, latencies in since_stop.items()}
+    after_stop = _p99_ms_by_second(done, since=stopped)
     away, back = moments["bringing_back"] - stopped, returned - stopped
 
     def worst(start: float, end: float) -> float | None:
-        return max((p99 for second, p99 in p99_since_stop.items() if start <= second < end), default=None)
+        return max((p99 for second, p99 in after_stop.items() if start <= second < end), default=None)
 
     return {
         "offered_per_second": rate,
@@ -467,10 +460,15 @@ def broker_outage(
         "p99_ms_worst_while_coming_back": worst(away, back),
         "p99_ms_worst_after_return": worst(back, 10**6),
         "away_seconds": round(away, 1),
-        "p99_ms_by_second_after_stop": [
-            percentiles(since_stop[second])["p99"] for second in sorted(since_stop) if second < 60
-        ],
-        "p99_ms_by_second_after_return": [
-            percentiles(seconds[second])["p99"] for second in sorted(seconds) if second < 60
-        ],
+        "p99_ms_by_second_after_stop": [p99 for second, p99 in after_stop.items() if second < 60],
+        "p99_ms_by_second_after_return": [p99 for second, p99 in after_return.items() if second < 60],
     }
+
+
+def _p99_ms_by_second(orders: list[dict], *, since: float) -> dict[int, float]:
+    """created→terminal p99 (ms) of the orders created in each whole second from `since` on, in order."""
+    seconds: dict[int, list[float]] = {}
+    for o in orders:
+        if (at := o["created_at"].timestamp()) >= since:
+            seconds.setdefault(int(at - since), []).append((o["updated_at"] - o["created_at"]).total_seconds())
+    return {second: percentiles(latencies)["p99"] or 0 for second, latencies in sorted(seconds.items())}

@@ -36,17 +36,14 @@ def test_a_dead_letter_outlives_its_queue_leaders_node_and_replay_reaches_it_thr
         task_id = put_dead_letter(connection)
     leader = cluster.leader(cluster_vhost, BILLING_DLQ)
     # Replay connects to the dead node first: it must move on to the next one.
-    others = [n for n in cluster.nodes if n != leader]
-    nodes_in_order = ";".join(
-        f"amqp://guest:guest@127.0.0.1:{cluster.port(n)}/{cluster_vhost}" for n in (leader, *others)
-    )
-    settings.MESSAGING = {**settings.MESSAGING, "REPLAY_BROKER_URL": nodes_in_order}
+    dead_node_first = cluster.urls(cluster_vhost, nodes=[leader, *(n for n in cluster.nodes if n != leader)])
+    settings.MESSAGING = {**settings.MESSAGING, "REPLAY_BROKER_URL": dead_node_first}
 
     cluster.kill(leader)
     try:
         new_leader = cluster.wait_for_leader(cluster_vhost, BILLING_DLQ, not_on=leader)
         output = command_output("replay_dead_letters", "--reset-retries")
-        with Connection(f"amqp://guest:guest@127.0.0.1:{cluster.port(new_leader)}/{cluster_vhost}") as connection:
+        with Connection(cluster.url(new_leader, cluster_vhost)) as connection:
             replayed = drain(connection, catalogue.BILLING_QUEUE)
             left = drain(connection, BILLING_DLQ)
     finally:
